@@ -1,0 +1,127 @@
+"""The plugin's YAML keys (all top level, all prefixed `dskd_`) and their validation.
+
+Axolotl mixes `DSKDArgs` into its own config model, so the validator below sees the whole
+config and rejects bad settings with one clear line before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, model_validator
+
+from axolotl_dskd.divergences import DIVERGENCES
+
+METHODS = ("dskd", "vanilla_kd")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+PROJECTOR_INITS = ("pinv", "random")
+
+# Axolotl features that replace the logits/loss path the plugin relies on.
+INCOMPATIBLE_FLAGS = {
+    "sample_packing": "packed rows mix several samples in one sequence; set sample_packing: false",
+    "cut_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
+    "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
+    "rl": "DSKD is a supervised fine-tuning loss; remove rl",
+}
+
+
+class DSKDConfigError(ValueError):
+    """A dskd_* setting that cannot be honoured; the message names the key and the fix."""
+
+
+class DSKDArgs(BaseModel):
+    """YAML keys of the DSKD plugin. Defaults follow the DSKDv2 scripts."""
+
+    dskd_teacher_model: str | None = None
+    dskd_teacher_revision: str | None = None
+    dskd_teacher_dtype: str = "auto"
+    dskd_teacher_load_in_8bit: bool = False
+    dskd_teacher_load_in_4bit: bool = False
+    dskd_teacher_trust_remote_code: bool = False
+
+    dskd_method: str = "dskd"
+    dskd_kd_ratio: float = 0.5
+    dskd_temperature: float = 2.0
+    dskd_divergence: str = "forward_kl"
+    dskd_skew_lambda: float = 0.1
+    dskd_adaptive_kl_alpha: float = 0.5
+
+    dskd_projector_lr: float = 5e-4
+    dskd_projector_init: str = "pinv"
+    dskd_init_topk_vocab: int | None = None
+    dskd_agreement_mask: bool = True
+    dskd_loss_chunk_size: int = 256
+
+    @model_validator(mode="after")
+    def _check_dskd(self) -> DSKDArgs:
+        check_settings(self)
+        check_vocabularies(self)
+        return self
+
+
+DSKD_KEYS = tuple(DSKDArgs.model_fields)
+
+# The same keys carried into TrainingArguments, so the trainer reads them from self.args.
+DSKDTrainingArgsMixin = dataclasses.make_dataclass(
+    "DSKDTrainingArgsMixin",
+    [(name, Any, dataclasses.field(default=info.default)) for name, info in DSKDArgs.model_fields.items()],
+)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise DSKDConfigError(f"{key}: {value!r} is not supported; use one of: {', '.join(allowed)}")
+
+
+def _in_range(key: str, value: float, low: float, high: float, closed: bool) -> None:
+    inside = low <= value <= high if closed else low < value < high
+    if not inside:
+        bounds = f"[{low}, {high}]" if closed else f"({low}, {high})"
+        raise DSKDConfigError(f"{key}: {value} is outside {bounds}")
+
+
+def check_settings(cfg: Any) -> None:
+    """Reject every dskd_* setting (or combination with Axolotl settings) we cannot honour."""
+    if not cfg.dskd_teacher_model:
+        raise DSKDConfigError(
+            "dskd_teacher_model: required by axolotl_dskd.DSKDPlugin; set it to a local model dir or hub id"
+        )
+    _one_of("dskd_method", cfg.dskd_method, METHODS)
+    _one_of("dskd_divergence", cfg.dskd_divergence, DIVERGENCES)
+    _one_of("dskd_teacher_dtype", cfg.dskd_teacher_dtype, TEACHER_DTYPES)
+    _one_of("dskd_projector_init", cfg.dskd_projector_init, PROJECTOR_INITS)
+    _in_range("dskd_kd_ratio", cfg.dskd_kd_ratio, 0.0, 1.0, closed=True)
+    _in_range("dskd_skew_lambda", cfg.dskd_skew_lambda, 0.0, 1.0, closed=False)
+    _in_range("dskd_adaptive_kl_alpha", cfg.dskd_adaptive_kl_alpha, 0.0, 1.0, closed=False)
+    if cfg.dskd_temperature <= 0:
+        raise DSKDConfigError(f"dskd_temperature: {cfg.dskd_temperature} must be > 0")
+    if cfg.dskd_projector_lr <= 0:
+        raise DSKDConfigError(f"dskd_projector_lr: {cfg.dskd_projector_lr} must be > 0")
+    if cfg.dskd_init_topk_vocab is not None and cfg.dskd_init_topk_vocab <= 0:
+        raise DSKDConfigError(f"dskd_init_topk_vocab: {cfg.dskd_init_topk_vocab} must be a positive int or null")
+    if cfg.dskd_loss_chunk_size <= 0:
+        raise DSKDConfigError(f"dskd_loss_chunk_size: {cfg.dskd_loss_chunk_size} must be > 0")
+    if cfg.dskd_teacher_load_in_4bit and cfg.dskd_teacher_load_in_8bit:
+        raise DSKDConfigError(
+            "dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one"
+        )
+    for flag, why in INCOMPATIBLE_FLAGS.items():
+        if getattr(cfg, flag, None):
+            raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
+
+
+def check_vocabularies(cfg: Any) -> None:
+    """Same-vocabulary DSKD needs one token table; say so before any model loads."""
+    from axolotl_dskd.vocab import load_tokenizer, same_vocabulary
+
+    student_path = getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)
+    if student_path is None:
+        return
+    student = load_tokenizer(student_path, None, bool(getattr(cfg, "trust_remote_code", False)))
+    teacher = load_tokenizer(cfg.dskd_teacher_model, cfg.dskd_teacher_revision, cfg.dskd_teacher_trust_remote_code)
+    if not same_vocabulary(student, teacher):
+        raise DSKDConfigError(
+            f"dskd_teacher_model: the tokenizer of {cfg.dskd_teacher_model!r} differs from the student's "
+            f"({student_path!r}); this version of axolotl_dskd only distills between models that share a vocabulary"
+        )

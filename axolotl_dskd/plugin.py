@@ -1,0 +1,46 @@
+"""DSKDPlugin: wires the DSKD schema, trainer and artifacts into Axolotl's hooks."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+
+from axolotl_dskd.args import DSKD_KEYS
+
+LOG = logging.getLogger(__name__)
+
+
+class DSKDPlugin(BasePlugin):
+    """Dual-Space Knowledge Distillation. YAML: `plugins: [axolotl_dskd.DSKDPlugin]`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trainer: Any = None
+
+    def get_input_args(self) -> str:
+        return "axolotl_dskd.args.DSKDArgs"
+
+    def get_training_args_mixin(self) -> str:
+        return "axolotl_dskd.args.DSKDTrainingArgsMixin"
+
+    def get_training_args(self, cfg: Any) -> dict[str, Any]:
+        return {key: cfg[key] for key in DSKD_KEYS if cfg[key] is not None}
+
+    def get_trainer_cls(self, cfg: Any) -> type:
+        from axolotl_dskd.trainer import DSKDTrainer
+
+        return DSKDTrainer
+
+    def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
+        self._trainer = trainer
+
+    def post_train(self, cfg: Any, model: Any) -> None:
+        """Write the projector next to the final model (runs twice in Axolotl; idempotent)."""
+        if self._trainer is not None and self._trainer.args.should_save:
+            self._trainer.save_projector(cfg.output_dir)
+            LOG.info("dskd: wrote the t2s projector to %s", cfg.output_dir)
+
+    def post_train_unload(self, cfg: Any) -> None:
+        self._trainer = None

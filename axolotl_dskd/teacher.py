@@ -1,0 +1,92 @@
+"""Load the frozen teacher with plain transformers and read its last hidden state.
+
+The teacher is loaded outside Axolotl's ModelLoader on purpose: that loader re-fires every
+plugin hook and applies global patches meant for the student.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+
+LOG = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Where the teacher comes from and how to hold it (YAML: dskd_teacher_*)."""
+
+    path: str
+    revision: str | None = None
+    dtype: torch.dtype = torch.float32
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+
+
+def resolve_dtype(setting: str, student_dtype: torch.dtype) -> torch.dtype:
+    """`auto` means the student's compute dtype."""
+    return student_dtype if setting == "auto" else DTYPES[setting]
+
+
+def _quantization(spec: TeacherSpec) -> BitsAndBytesConfig | None:
+    if spec.load_in_4bit:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=spec.dtype,
+        )
+    if spec.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def check_logits_are_plain(model: PreTrainedModel) -> None:
+    """DSKD decodes hidden states with the bare head, so logits must be exactly head(h)."""
+    config = model.config.get_text_config()
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        value = getattr(config, attr, None)
+        if value not in (None, 1, 1.0):
+            raise ValueError(
+                f"dskd_teacher_model: {config.model_type} applies {attr}={value} to its logits; "
+                "DSKD needs logits = lm_head(last hidden state)"
+            )
+
+
+def load_teacher(spec: TeacherSpec, device: torch.device) -> PreTrainedModel:
+    """The teacher in eval mode with every parameter frozen, on `device`."""
+    quantization = _quantization(spec)
+    LOG.info("dskd: loading teacher %s (%s%s)", spec.path, spec.dtype, ", quantized" if quantization else "")
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.path,
+        revision=spec.revision,
+        dtype=spec.dtype,
+        quantization_config=quantization,
+        trust_remote_code=spec.trust_remote_code,
+        attn_implementation=spec.attn_implementation,
+        device_map={"": device} if quantization else None,
+    )
+    if quantization is None:
+        model.to(device)
+    check_logits_are_plain(model)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Post-final-norm hidden states [B, L, D], without computing any logits."""
+    body = getattr(model, model.base_model_prefix)
+    return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def output_head(model: torch.nn.Module) -> torch.Tensor:
+    """The LM head weight [vocab, hidden] of a (possibly PEFT-wrapped) causal LM."""
+    return model.get_output_embeddings().weight
