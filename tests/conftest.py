@@ -1,0 +1,44 @@
+"""Shared tiny fixtures (built once per session) and plugin-manager isolation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tests.tiny import build_llama, build_tokenizer, gsm_texts_and_data  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A teacher (hidden 64, 3 layers) and a student (hidden 32, 2 layers) sharing one tokenizer.
+
+    The teacher's head has 16 padded rows beyond the tokenizer, like Qwen2.5-7B vs 1.5B.
+    """
+    root = tmp_path_factory.mktemp("tiny")
+    texts, data = gsm_texts_and_data(root, size=48)
+    tokenizer = build_tokenizer(texts, root / "tokenizer")
+    build_llama(root / "teacher", tokenizer, hidden=64, layers=3, seed=1, extra_rows=16)
+    build_llama(root / "student", tokenizer, hidden=32, layers=2, seed=2)
+    return SimpleNamespace(
+        root=root, tokenizer=tokenizer, teacher=root / "teacher", student=root / "student", data=data
+    )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_plugin_manager():
+    """Axolotl's PluginManager is a process-wide singleton: clear it around each test."""
+    from axolotl.integrations.base import PluginManager
+
+    manager = PluginManager.get_instance()
+    manager.plugins.clear()
+    PluginManager._cfg = None
+    yield
+    manager.plugins.clear()
+    PluginManager._cfg = None

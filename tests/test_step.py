@@ -1,0 +1,128 @@
+"""A whole distillation step on tiny real models: who gets gradients, and gradient accumulation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from axolotl_dskd.loss import LOSS_TERMS, LossConfig, loss_sums
+from axolotl_dskd.step import DistillationStep, Rows
+from axolotl_dskd.teacher import last_hidden_state, output_head
+
+
+def _batch(tokenizer, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded student batch: prompt labels -100, response + EOS trained."""
+    encoded = []
+    for row in rows:
+        prompt = tokenizer(row["instruction"] + "\n", add_special_tokens=False)["input_ids"]
+        response = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:40] + [tokenizer.eos_token_id]
+        encoded.append((prompt[:40] + response, [-100] * len(prompt[:40]) + response))
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded]),
+        "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in encoded]),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_pretrained(tiny.student, dtype=torch.float32)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny.teacher, dtype=torch.float32).eval().requires_grad_(False)
+    rows = [json.loads(line) for line in tiny.data.read_text().splitlines()[:4]]
+    return student, teacher, _batch(tiny.tokenizer, rows), len(tiny.tokenizer)
+
+
+def _term_sums(step: DistillationStep, student, batch) -> dict[str, torch.Tensor]:
+    rows = Rows.from_labels(batch["labels"])
+    hidden = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    teacher_hidden = last_hidden_state(step.teacher, batch["input_ids"], batch["attention_mask"])
+    sums, _ = loss_sums(
+        rows.gather(hidden.hidden_states[-1]),
+        rows.gather(teacher_hidden),
+        rows.labels,
+        step.heads(output_head(student)),
+        step.loss_cfg,
+    )
+    return dict(zip(LOSS_TERMS, sums))
+
+
+# The method doc's table 2.4 (DSKDv2): does the term send a gradient to ... ?
+GRADIENT_TABLE = {
+    "ce_loss": {"student body": True, "student head": True, "t2s projector": False},
+    "t2s_ce_loss": {"student body": False, "student head": False, "t2s projector": True},
+    "t2s_kd_loss": {"student body": True, "student head": True, "t2s projector": False},
+    "s2t_kd_loss": {"student body": True, "student head": False, "t2s projector": False},
+}
+
+
+@pytest.mark.parametrize("term", list(GRADIENT_TABLE))
+@pytest.mark.parametrize("part", ["student body", "student head", "t2s projector", "teacher"])
+def test_gradient_flow_table(models, term: str, part: str) -> None:
+    student, teacher, batch, vocab_size = models
+    step = DistillationStep(student, teacher, LossConfig(agreement_mask=False), vocab_size)
+    tensors = {
+        "student body": student.model.layers[0].self_attn.q_proj.weight,
+        "student head": student.lm_head.weight,
+        "t2s projector": step.t2s_projector.weight,
+        "teacher": teacher.model.layers[0].self_attn.q_proj.weight,
+    }
+    student.zero_grad(set_to_none=True)
+    step.zero_grad(set_to_none=True)
+    _term_sums(step, student, batch)[term].backward()
+    grad = tensors[part].grad
+    gets_gradient = grad is not None and grad.abs().sum().item() > 0
+    assert gets_gradient == GRADIENT_TABLE.get(term, {}).get(part, False), (term, part)
+
+
+@pytest.mark.parametrize("method", ["dskd", "vanilla_kd"])
+def test_gradient_accumulation_split_gives_the_same_loss_and_gradients(models, method: str) -> None:
+    student, teacher, batch, vocab_size = models
+    step = DistillationStep(student, teacher, LossConfig(method=method, chunk_size=16), vocab_size)
+    trained = [p for p in [*student.parameters(), *step.parameters()] if p.requires_grad]
+    num_items = (batch["labels"][:, 1:] != -100).sum()
+
+    def loss_and_grads(micro_batches: list[dict[str, torch.Tensor]]):
+        for p in trained:
+            p.grad = None
+        total = 0.0
+        for micro in micro_batches:
+            loss, _ = step(student, output_head(student), micro, num_items)
+            loss.backward()
+            total += loss.item()
+        return total, [p.grad.clone() for p in trained]
+
+    def unpadded(index: int) -> dict[str, torch.Tensor]:
+        length = int(batch["attention_mask"][index].sum())
+        return {key: value[index : index + 1, :length] for key, value in batch.items()}
+
+    whole_loss, whole_grads = loss_and_grads([batch])
+    split_loss, split_grads = loss_and_grads([unpadded(i) for i in range(4)])
+    assert split_loss == pytest.approx(whole_loss, abs=1e-5)
+    for whole, split in zip(whole_grads, split_grads):
+        assert torch.allclose(whole, split, atol=1e-5)
+
+
+def test_padded_teacher_head_never_predicts_padding_rows(models) -> None:
+    student, teacher, _, vocab_size = models
+    step = DistillationStep(student, teacher, LossConfig(), vocab_size)
+    assert output_head(teacher).shape[0] == vocab_size + 16
+    assert step.argmax_vocab == vocab_size
+
+
+def test_metrics_are_logged_per_term(models) -> None:
+    student, teacher, batch, vocab_size = models
+    step = DistillationStep(student, teacher, LossConfig(), vocab_size)
+    _, metrics = step(student, output_head(student), batch)
+    assert set(metrics) == {
+        "ce_loss", "kd_loss", "t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss", "t2s_agreement", "t2s_acc"
+    }
+    assert metrics["kd_loss"] == pytest.approx(
+        metrics["t2s_ce_loss"] + metrics["t2s_kd_loss"] + metrics["s2t_kd_loss"], rel=1e-5
+    )
+    assert 0.0 <= metrics["t2s_agreement"] <= 1.0 and 0.0 <= metrics["t2s_acc"] <= 1.0

@@ -1,0 +1,115 @@
+"""Tiny local models over a real-text BPE tokenizer, built in seconds, no hub access."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from axolotl_dskd.assets import gsm_symbolic_rows, write_jsonl
+
+EOS = "<|endoftext|>"
+
+
+def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 800) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts`, saved as a normal HF tokenizer folder."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=EOS
+    )
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def build_llama(
+    out_dir: Path, tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, seed: int, extra_rows: int = 0
+) -> LlamaForCausalLM:
+    """A random Llama with an untied head (so head and body gradients can be told apart)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer) + extra_rows,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def base_config(student: Path, teacher: Path, data: Path, out: Path) -> dict[str, Any]:
+    """A CPU Axolotl config for the tiny pair; tests override what they exercise."""
+    return {
+        "base_model": str(student),
+        "plugins": ["axolotl_dskd.DSKDPlugin"],
+        "dskd_teacher_model": str(teacher),
+        "datasets": [{"path": str(data), "type": "alpaca", "ds_type": "json"}],
+        "dataset_prepared_path": str(out / "prepared"),
+        "output_dir": str(out / "run"),
+        "sequence_len": 512,
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 8,
+        "learning_rate": 0.002,
+        "lr_scheduler": "constant",
+        "optimizer": "adamw_torch",
+        "logging_steps": 1,
+        "save_steps": 4,
+        "val_set_size": 0,
+        "seed": 7,
+        "bf16": False,
+        "fp16": False,
+        "lora_mlp_kernel": False,
+        "lora_qkv_kernel": False,
+        "lora_o_kernel": False,
+        "dataloader_num_workers": 0,
+        "save_safetensors": True,
+    }
+
+
+def lora(cfg: dict[str, Any]) -> dict[str, Any]:
+    return cfg | {"adapter": "lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target_linear": True}
+
+
+def run_cli(args: list[str], cfg: dict[str, Any], workdir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Write `cfg` to workdir/cfg.yml and run `args + [cfg.yml]` (e.g. ['axolotl', 'train'])."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "cfg.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [*args, str(path)], cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def gsm_texts_and_data(out_dir: Path, size: int) -> tuple[list[str], Path]:
+    rows = gsm_symbolic_rows(size=size, seed=1234)
+    texts = [row["instruction"] + "\n" + row["output"] for row in rows]
+    return texts, write_jsonl(rows, out_dir / "gsm.jsonl")
