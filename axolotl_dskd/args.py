@@ -103,9 +103,7 @@ def check_settings(cfg: Any) -> None:
     if cfg.dskd_loss_chunk_size <= 0:
         raise DSKDConfigError(f"dskd_loss_chunk_size: {cfg.dskd_loss_chunk_size} must be > 0")
     if cfg.dskd_teacher_load_in_4bit and cfg.dskd_teacher_load_in_8bit:
-        raise DSKDConfigError(
-            "dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one"
-        )
+        raise DSKDConfigError("dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one")
     for flag, why in INCOMPATIBLE_FLAGS.items():
         if getattr(cfg, flag, None):
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")

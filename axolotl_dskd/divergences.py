@@ -10,8 +10,8 @@ sum, the convention 0 * log 0 = 0 (the reference code zeroes such terms as well)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -64,7 +64,9 @@ class DistillationStep(nn.Module):
             self.t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
             if projector_init == "pinv":
                 rel_error = self.t2s_projector.init_pinv(student_head, teacher_head, vocab)
-                LOG.info("dskd: t2s projector pinv init over %d tokens, relative logit error %.4f", len(vocab), rel_error)
+                LOG.info(
+                    "dskd: t2s projector pinv init over %d tokens, relative logit error %.4f", len(vocab), rel_error
+                )
             self.s2t_map = S2TMap(teacher_head, vocab)
 
     def heads(self, student_head: torch.Tensor) -> Heads:
@@ -106,9 +108,9 @@ class DistillationStep(nn.Module):
 
     def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
         """Per-token means over this micro-batch, for logging."""
-        count = dict(zip(COUNTS, counts.tolist()))
+        count = dict(zip(COUNTS, counts.tolist(), strict=True))
         n_tokens = max(count["n_tokens"], 1.0)
-        terms = {name: value / n_tokens for name, value in zip(LOSS_TERMS, sums.tolist())}
+        terms = {name: value / n_tokens for name, value in zip(LOSS_TERMS, sums.tolist(), strict=True)}
         metrics = {"ce_loss": terms["ce_loss"], "kd_loss": kd_sum(sums).item() / n_tokens}
         if self.loss_cfg.method == "dskd":
             metrics |= {name: terms[name] for name in ("t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss")}

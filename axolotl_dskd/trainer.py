@@ -3,11 +3,14 @@ group, and projector weights saved into (and restored from) every checkpoint."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 
+import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from axolotl_dskd.divergences import DivergenceConfig
@@ -35,6 +38,16 @@ def loss_config(args: object) -> LossConfig:
     )
 
 
+class ProjectorGradReset(TrainerCallback):
+    """The projector lives outside the student, so HF's model.zero_grad() never reaches it."""
+
+    def __init__(self, projector: torch.nn.Module) -> None:
+        self.projector = projector
+
+    def on_optimizer_step(self, args, state, control, **kwargs) -> None:
+        self.projector.zero_grad(set_to_none=True)
+
+
 class DSKDTrainer(AxolotlTrainer):
     """Replaces the student's loss with (1 - alpha) CE + alpha DSKD."""
 
@@ -60,6 +73,8 @@ class DSKDTrainer(AxolotlTrainer):
             projector_init=self.args.dskd_projector_init,
             init_topk_vocab=self.args.dskd_init_topk_vocab,
         )
+        if self.distill.t2s_projector is not None:
+            self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student_head = output_head(self.accelerator.unwrap_model(model))
@@ -82,6 +97,11 @@ class DSKDTrainer(AxolotlTrainer):
                 {"params": params, "lr": self.args.dskd_projector_lr, "weight_decay": self.args.weight_decay}
             )
         return optimizer
+
+    def _clip_grad_norm(self, model):
+        """Clip the student and the projector together, like one global norm in DSKD."""
+        params = itertools.chain(model.parameters(), self.distill.parameters())
+        return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
     def save_projector(self, output_dir: str) -> None:
         """Write the t2s projector next to the model or adapter in `output_dir`."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,14 +16,15 @@ from tests.tiny import build_llama, build_tokenizer, gsm_texts_and_data  # noqa:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """A teacher (hidden 64, 3 layers) and a student (hidden 32, 2 layers) sharing one tokenizer.
+    """A briefly trained teacher (hidden 64, 3 layers) and a random student (hidden 32,
+    2 layers) sharing one tokenizer.
 
     The teacher's head has 16 padded rows beyond the tokenizer, like Qwen2.5-7B vs 1.5B.
     """
     root = tmp_path_factory.mktemp("tiny")
     texts, data = gsm_texts_and_data(root, size=48)
     tokenizer = build_tokenizer(texts, root / "tokenizer")
-    build_llama(root / "teacher", tokenizer, hidden=64, layers=3, seed=1, extra_rows=16)
+    build_llama(root / "teacher", tokenizer, hidden=64, layers=3, seed=1, extra_rows=16, train_on=texts)
     build_llama(root / "student", tokenizer, hidden=32, layers=2, seed=2)
     return SimpleNamespace(
         root=root, tokenizer=tokenizer, teacher=root / "teacher", student=root / "student", data=data

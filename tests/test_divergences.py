@@ -24,7 +24,7 @@ def _softmax(row: np.ndarray) -> np.ndarray:
 
 
 def _kl(a: np.ndarray, b: np.ndarray) -> float:
-    return sum(x * math.log(x / y) for x, y in zip(a, b) if x > 0)
+    return sum(x * math.log(x / y) for x, y in zip(a, b, strict=True) if x > 0)
 
 
 def _reference(name: str, p: np.ndarray, q: np.ndarray) -> float:

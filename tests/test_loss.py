@@ -64,7 +64,7 @@ def test_chunked_dskd_matches_reference(name: str, chunk_size: int) -> None:
     expected = _reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
     got = combine(loss_sums(student_hidden, teacher_hidden, labels, heads, cfg)[0], cfg)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
-    for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained)):
+    for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
         assert torch.allclose(got_grad, expected_grad, atol=1e-5, rtol=1e-5)
 
 
@@ -85,7 +85,7 @@ def test_vanilla_kd_matches_reference(name: str) -> None:
     got = combine(loss_sums(student_hidden, teacher_hidden, labels, heads, cfg)[0], cfg)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     trained = [student_hidden, heads.student_head]
-    for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained)):
+    for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
         assert torch.allclose(got_grad, expected_grad, atol=1e-5, rtol=1e-5)
 
 

@@ -49,7 +49,7 @@ def _term_sums(step: DistillationStep, student, batch) -> dict[str, torch.Tensor
         step.heads(output_head(student)),
         step.loss_cfg,
     )
-    return dict(zip(LOSS_TERMS, sums))
+    return dict(zip(LOSS_TERMS, sums, strict=True))
 
 
 # The method doc's table 2.4 (DSKDv2): does the term send a gradient to ... ?
@@ -104,7 +104,7 @@ def test_gradient_accumulation_split_gives_the_same_loss_and_gradients(models, m
     whole_loss, whole_grads = loss_and_grads([batch])
     split_loss, split_grads = loss_and_grads([unpadded(i) for i in range(4)])
     assert split_loss == pytest.approx(whole_loss, abs=1e-5)
-    for whole, split in zip(whole_grads, split_grads):
+    for whole, split in zip(whole_grads, split_grads, strict=True):
         assert torch.allclose(whole, split, atol=1e-5)
 
 
@@ -120,7 +120,13 @@ def test_metrics_are_logged_per_term(models) -> None:
     step = DistillationStep(student, teacher, LossConfig(), vocab_size)
     _, metrics = step(student, output_head(student), batch)
     assert set(metrics) == {
-        "ce_loss", "kd_loss", "t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss", "t2s_agreement", "t2s_acc"
+        "ce_loss",
+        "kd_loss",
+        "t2s_ce_loss",
+        "t2s_kd_loss",
+        "s2t_kd_loss",
+        "t2s_agreement",
+        "t2s_acc",
     }
     assert metrics["kd_loss"] == pytest.approx(
         metrics["t2s_ce_loss"] + metrics["t2s_kd_loss"] + metrics["s2t_kd_loss"], rel=1e-5

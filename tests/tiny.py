@@ -35,9 +35,16 @@ def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 800) -> P
 
 
 def build_llama(
-    out_dir: Path, tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, seed: int, extra_rows: int = 0
+    out_dir: Path,
+    tokenizer: PreTrainedTokenizerFast,
+    hidden: int,
+    layers: int,
+    seed: int,
+    extra_rows: int = 0,
+    train_on: list[str] | None = None,
 ) -> LlamaForCausalLM:
-    """A random Llama with an untied head (so head and body gradients can be told apart)."""
+    """A Llama with an untied head (so head and body gradients can be told apart),
+    random or briefly trained on `train_on`."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer) + extra_rows,
@@ -53,9 +60,24 @@ def build_llama(
         pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
+    if train_on:
+        pretrain(model, tokenizer, train_on, steps=2 * len(train_on))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model
+
+
+def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, texts: list[str], steps: int) -> None:
+    """A few hundred milliseconds of LM training, so the teacher has real, peaked predictions."""
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    encoded = [tokenizer(text, return_tensors="pt")["input_ids"][:, :128] for text in texts]
+    model.train()
+    for step in range(steps):
+        ids = encoded[step % len(encoded)]
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
 
 
 def cli_env() -> dict[str, str]:

@@ -1,0 +1,131 @@
+"""Real Axolotl runs in a subprocess on the tiny pair: every launcher, every adapter mode."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.tiny import base_config, lora, run_cli
+
+pytestmark = pytest.mark.e2e
+
+PROJECTOR = "dskd_projector.safetensors"
+AXOLOTL = ["axolotl", "train"]
+PYTHON_M = [sys.executable, "-m", "axolotl.cli.train"]
+ACCELERATE = ["accelerate", "launch", "--num_processes", "1", "--cpu", "-m", "axolotl.cli.train"]
+
+
+def _train(args: list[str], cfg: dict, workdir: Path) -> Path:
+    result = run_cli(args, cfg, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return Path(cfg["output_dir"])
+
+
+def _losses(run_dir: Path) -> list[float]:
+    last = max(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def _assert_loss_falls(run_dir: Path) -> None:
+    losses = _losses(run_dir)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.02, losses
+
+
+def _assert_projector_in_checkpoints(run_dir: Path, projector_lr: float) -> None:
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        projector = load_file(checkpoint / PROJECTOR)
+        assert set(projector) == {"weight"}
+        optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+        projector_group = optimizer["param_groups"][-1]
+        assert projector_group["initial_lr"] == pytest.approx(projector_lr)
+        assert len(projector_group["params"]) == 1
+        assert optimizer["state"][projector_group["params"][0]]["exp_avg"].shape == projector["weight"].shape
+    assert (run_dir / PROJECTOR).is_file()
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny, tmp_path_factory) -> tuple[dict, Path]:
+    """One uninterrupted LoRA run through `axolotl train`, shared by several tests."""
+    workdir = tmp_path_factory.mktemp("lora")
+    cfg = lora(base_config(tiny.student, tiny.teacher, tiny.data, workdir))
+    cfg |= {"learning_rate": 0.02, "dskd_projector_lr": 0.01, "max_steps": 12, "save_steps": 6}
+    return cfg, _train(AXOLOTL, cfg, workdir)
+
+
+def test_lora_run_learns_and_checkpoints_the_projector(lora_run) -> None:
+    cfg, run_dir = lora_run
+    _assert_loss_falls(run_dir)
+    _assert_projector_in_checkpoints(run_dir, cfg["dskd_projector_lr"])
+    assert (run_dir / "adapter_model.safetensors").is_file()
+    logged = json.loads((run_dir / "checkpoint-12" / "trainer_state.json").read_text())["log_history"][0]
+    for metric in ("ce_loss", "kd_loss", "t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss", "t2s_agreement", "t2s_acc"):
+        assert metric in logged
+
+
+def test_resume_from_middle_checkpoint_reproduces_the_projector(lora_run, tmp_path) -> None:
+    cfg, run_dir = lora_run
+    resumed_dir = tmp_path / "run"
+    resumed_dir.mkdir()
+    shutil.copytree(run_dir / "checkpoint-6", resumed_dir / "checkpoint-6")
+    resumed_cfg = cfg | {"output_dir": str(resumed_dir), "resume_from_checkpoint": str(resumed_dir / "checkpoint-6")}
+    _train(AXOLOTL, resumed_cfg, tmp_path)
+    uninterrupted = load_file(run_dir / PROJECTOR)["weight"]
+    resumed = load_file(resumed_dir / PROJECTOR)["weight"]
+    assert not torch.equal(load_file(run_dir / "checkpoint-6" / PROJECTOR)["weight"], uninterrupted)
+    assert torch.allclose(resumed, uninterrupted, atol=1e-5)
+
+
+def test_full_finetune_via_python_module(tiny, tmp_path) -> None:
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | {"max_steps": 10, "save_steps": 10}
+    run_dir = _train(PYTHON_M, cfg, tmp_path)
+    _assert_loss_falls(run_dir)
+    _assert_projector_in_checkpoints(run_dir, 5e-4)
+    saved = load_file(run_dir / "model.safetensors")
+    assert not any("projector" in key for key in saved)  # the student checkpoint stays a plain model
+
+
+def test_qlora_student_with_4bit_teacher_via_accelerate(tiny, tmp_path) -> None:
+    cfg = lora(base_config(tiny.student, tiny.teacher, tiny.data, tmp_path))
+    cfg |= {
+        "adapter": "qlora",
+        "load_in_4bit": True,
+        "dskd_teacher_load_in_4bit": True,
+        "learning_rate": 0.02,
+        "max_steps": 4,
+        "save_steps": 4,
+    }
+    run_dir = _train(ACCELERATE, cfg, tmp_path)
+    assert (run_dir / "adapter_model.safetensors").is_file()
+    _assert_projector_in_checkpoints(run_dir, 5e-4)
+    assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
+
+
+def test_short_alias_and_vanilla_kd_baseline(tiny, tmp_path) -> None:
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path)
+    cfg |= {"plugins": ["dskd.DSKDPlugin"], "dskd_method": "vanilla_kd", "max_steps": 2, "save_steps": 2}
+    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    history = json.loads((run_dir / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert "kd_loss" in history[0] and "t2s_ce_loss" not in history[0]
+    assert not (run_dir / PROJECTOR).exists()  # vanilla KD has no projector
+
+
+def test_preprocess_still_works(tiny, tmp_path) -> None:
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path)
+    result = run_cli(["axolotl", "preprocess"], cfg, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any((tmp_path / "prepared").iterdir())
+
+
+def test_bad_config_fails_before_any_model_loads(tiny, tmp_path) -> None:
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | {"dskd_divergence": "kl"}
+    result = run_cli(AXOLOTL, cfg, tmp_path)
+    assert result.returncode != 0
+    assert "dskd_divergence: 'kl' is not supported; use one of: forward_kl" in result.stderr
+    assert "Loading weights" not in result.stderr + result.stdout
