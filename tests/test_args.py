@@ -1,0 +1,113 @@
+"""Every bad config gets one clear error that names the key, through Axolotl's own schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from axolotl.utils.schemas.config import AxolotlInputConfig
+from pydantic import ValidationError
+
+from axolotl_dskd.args import DSKD_KEYS, DSKDArgs, DSKDTrainingArgsMixin
+from tests.tiny import base_config, build_tokenizer
+
+
+class MergedConfig(AxolotlInputConfig, DSKDArgs):
+    """What Axolotl builds when the plugin is listed (merge_input_args)."""
+
+
+def _validate(tiny, tmp_path, **overrides) -> MergedConfig:
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | overrides
+    return MergedConfig.model_validate({key: value for key, value in cfg.items() if value is not None})
+
+
+def _error(tiny, tmp_path, **overrides) -> str:
+    with pytest.raises(ValidationError) as caught:
+        _validate(tiny, tmp_path, **overrides)
+    return str(caught.value)
+
+
+def test_defaults_follow_dskdv2(tiny, tmp_path) -> None:
+    cfg = _validate(tiny, tmp_path)
+    assert (cfg.dskd_kd_ratio, cfg.dskd_temperature, cfg.dskd_divergence) == (0.5, 2.0, "forward_kl")
+    assert (cfg.dskd_projector_lr, cfg.dskd_projector_init, cfg.dskd_agreement_mask) == (5e-4, "pinv", True)
+    assert cfg.dskd_method == "dskd" and cfg.dskd_init_topk_vocab is None
+    assert cfg.dskd_teacher_trust_remote_code is False
+
+
+def test_training_args_mixin_carries_every_key_with_its_default() -> None:
+    mixin = DSKDTrainingArgsMixin()
+    assert {key: getattr(mixin, key) for key in DSKD_KEYS} == DSKDArgs.model_construct(
+        dskd_teacher_model=None
+    ).model_dump()
+
+
+BAD_SETTINGS = [
+    ({"dskd_teacher_model": None}, "dskd_teacher_model: required by axolotl_dskd.DSKDPlugin"),
+    ({"dskd_divergence": "kl"}, "dskd_divergence: 'kl' is not supported; use one of: forward_kl, reverse_kl, js,"),
+    ({"dskd_method": "dskd_cma"}, "dskd_method: 'dskd_cma' is not supported; use one of: dskd, vanilla_kd"),
+    ({"dskd_kd_ratio": 1.5}, "dskd_kd_ratio: 1.5 is outside [0.0, 1.0]"),
+    ({"dskd_kd_ratio": -0.1}, "dskd_kd_ratio: -0.1 is outside [0.0, 1.0]"),
+    ({"dskd_temperature": 0.0}, "dskd_temperature: 0.0 must be > 0"),
+    ({"dskd_temperature": -1.0}, "dskd_temperature: -1.0 must be > 0"),
+    ({"dskd_skew_lambda": 1.0}, "dskd_skew_lambda: 1.0 is outside (0.0, 1.0)"),
+    ({"dskd_adaptive_kl_alpha": 0.0}, "dskd_adaptive_kl_alpha: 0.0 is outside (0.0, 1.0)"),
+    ({"dskd_projector_lr": 0.0}, "dskd_projector_lr: 0.0 must be > 0"),
+    ({"dskd_projector_init": "zeros"}, "dskd_projector_init: 'zeros' is not supported; use one of: pinv, random"),
+    ({"dskd_init_topk_vocab": 0}, "dskd_init_topk_vocab: 0 must be a positive int or null"),
+    ({"dskd_loss_chunk_size": 0}, "dskd_loss_chunk_size: 0 must be > 0"),
+    ({"dskd_teacher_dtype": "int8"}, "dskd_teacher_dtype: 'int8' is not supported; use one of: auto, float32,"),
+    (
+        {"dskd_teacher_load_in_4bit": True, "dskd_teacher_load_in_8bit": True},
+        "dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one",
+    ),
+    (
+        {"sample_packing": True},
+        "sample_packing: not supported with axolotl_dskd.DSKDPlugin, because packed rows mix several samples",
+    ),
+    ({"rl": "dpo"}, "rl: not supported with axolotl_dskd.DSKDPlugin, because DSKD is a supervised fine-tuning loss"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS, ids=[next(iter(o)) for o, _ in BAD_SETTINGS])
+def test_bad_setting_is_rejected_with_a_clear_message(tiny, tmp_path, overrides: dict, message: str) -> None:
+    assert message in _error(tiny, tmp_path, **overrides)
+
+
+def test_teacher_with_another_vocabulary_is_rejected(tiny, tmp_path) -> None:
+    other = build_tokenizer(["completely different text " * 40], tmp_path / "other", vocab_size=300)
+    assert len(other) != len(tiny.tokenizer)
+    message = _error(tiny, tmp_path, dskd_teacher_model=str(tmp_path / "other"))
+    assert "dskd_teacher_model: the tokenizer of" in message
+    assert "only distills between models that share a vocabulary" in message
+
+
+def test_padded_teacher_head_is_not_a_vocabulary_mismatch(tiny, tmp_path) -> None:
+    # the tiny teacher has 16 extra head rows; its tokenizer is the student's
+    assert _validate(tiny, tmp_path).dskd_teacher_model == str(tiny.teacher)
+
+
+@pytest.mark.parametrize("flag", ["cut_cross_entropy", "liger_fused_linear_cross_entropy"])
+def test_plugins_that_replace_the_logits_path_are_rejected(flag: str) -> None:
+    from axolotl_dskd.args import DSKDConfigError, check_settings
+
+    settings = DSKDArgs.model_construct(dskd_teacher_model="teacher")
+    object.__setattr__(settings, flag, True)
+    with pytest.raises(DSKDConfigError, match=f"{flag}: not supported with axolotl_dskd.DSKDPlugin"):
+        check_settings(settings)
+
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "example_yamls").glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> None:
+    from axolotl_dskd.args import check_settings
+
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["plugins"][0] in {"axolotl_dskd.DSKDPlugin", "dskd.DSKDPlugin"}
+    unknown = [key for key in cfg if key.startswith("dskd_") and key not in DSKD_KEYS]
+    assert not unknown, unknown
+    check_settings(DSKDArgs.model_construct(**{key: cfg[key] for key in cfg if key in DSKD_KEYS}))
+    assert not cfg.get("sample_packing")
