@@ -7,6 +7,7 @@ config and rejects bad settings with one clear line before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from pydantic import BaseModel, model_validator
@@ -23,6 +24,9 @@ INCOMPATIBLE_FLAGS = {
     "cut_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "rl": "DSKD is a supervised fine-tuning loss; remove rl",
+    "deepspeed": "the t2s projector is not yet partitioned or synchronised by DeepSpeed; train on one process",
+    "fsdp": "the t2s projector is not yet sharded or synchronised by FSDP; train on one process",
+    "fsdp_config": "the t2s projector is not yet sharded or synchronised by FSDP; train on one process",
 }
 
 
@@ -107,6 +111,12 @@ def check_settings(cfg: Any) -> None:
     for flag, why in INCOMPATIBLE_FLAGS.items():
         if getattr(cfg, flag, None):
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise DSKDConfigError(
+            f"WORLD_SIZE={world_size}: axolotl_dskd.DSKDPlugin does not synchronise the t2s projector across "
+            "processes yet; launch a single process (--num_processes 1)"
+        )
 
 
 def check_vocabularies(cfg: Any) -> None:

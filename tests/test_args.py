@@ -67,12 +67,25 @@ BAD_SETTINGS = [
         "sample_packing: not supported with axolotl_dskd.DSKDPlugin, because packed rows mix several samples",
     ),
     ({"rl": "dpo"}, "rl: not supported with axolotl_dskd.DSKDPlugin, because DSKD is a supervised fine-tuning loss"),
+    (
+        {"deepspeed": {"zero_optimization": {"stage": 2}}},
+        "deepspeed: not supported with axolotl_dskd.DSKDPlugin, because the t2s projector is not yet partitioned",
+    ),
+    (
+        {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
+        "fsdp_config: not supported with axolotl_dskd.DSKDPlugin, because the t2s projector is not yet sharded",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS, ids=[next(iter(o)) for o, _ in BAD_SETTINGS])
 def test_bad_setting_is_rejected_with_a_clear_message(tiny, tmp_path, overrides: dict, message: str) -> None:
     assert message in _error(tiny, tmp_path, **overrides)
+
+
+def test_multi_process_launch_is_rejected(tiny, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "WORLD_SIZE=2: axolotl_dskd.DSKDPlugin does not synchronise the t2s projector" in _error(tiny, tmp_path)
 
 
 def test_teacher_with_another_vocabulary_is_rejected(tiny, tmp_path) -> None:

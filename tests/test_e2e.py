@@ -82,10 +82,14 @@ def test_resume_from_middle_checkpoint_reproduces_the_projector(lora_run, tmp_pa
     assert torch.allclose(resumed, uninterrupted, atol=1e-5)
 
 
-def test_full_finetune_via_python_module(tiny, tmp_path) -> None:
-    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | {"max_steps": 10, "save_steps": 10}
+def test_full_finetune_via_python_module_with_eval(tiny, tmp_path) -> None:
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path)
+    cfg |= {"max_steps": 10, "save_steps": 10, "val_set_size": 0.1, "eval_steps": 5}
     run_dir = _train(PYTHON_M, cfg, tmp_path)
     _assert_loss_falls(run_dir)
+    history = json.loads((run_dir / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
+    evals = [entry for entry in history if "eval_loss" in entry]
+    assert len(evals) == 2 and all("eval_s2t_kd_loss" in entry or "s2t_kd_loss" in entry for entry in evals)
     _assert_projector_in_checkpoints(run_dir, 5e-4)
     saved = load_file(run_dir / "model.safetensors")
     assert not any("projector" in key for key in saved)  # the student checkpoint stays a plain model

@@ -1,0 +1,113 @@
+"""DSKD train step vs plain SFT step on the embedded default pair, same batch, one run.
+
+Teacher: SmolLM2-135M-Instruct (30 layers). Student: its first 8 layers, LoRA r=16 on
+every linear layer (the demo's setup) or full fine-tuning (--full). Prints the median
+time of each step kind and their ratio, plus where the DSKD step's time goes.
+
+    python benchmarks/step_time.py [--batch 4] [--repeats 5] [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from axolotl_dskd import assets  # noqa: E402
+from axolotl_dskd.cli import DEMO_STUDENT_LAYERS  # noqa: E402
+from axolotl_dskd.loss import LossConfig  # noqa: E402
+from axolotl_dskd.step import DistillationStep  # noqa: E402
+from axolotl_dskd.teacher import last_hidden_state, output_head  # noqa: E402
+
+ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{}\n\n### Response:\n"  # noqa: E501
+
+
+def batch(tokenizer, size: int) -> dict[str, torch.Tensor]:
+    rows = assets.gsm_symbolic_rows(size=size, seed=7)
+    encoded = []
+    for row in rows:
+        prompt = tokenizer(ALPACA.format(row["instruction"]), add_special_tokens=False)["input_ids"]
+        response = tokenizer(row["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        encoded.append((prompt + response, [-100] * len(prompt) + response))
+    width = max(len(ids) for ids, _ in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded]),
+        "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in encoded]),
+    }
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
+    args = parser.parse_args()
+
+    teacher_dir = assets.smollm2_instruct()
+    student_dir = assets.truncated_copy(teacher_dir, DEMO_STUDENT_LAYERS)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval().requires_grad_(False)
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    if not args.full:
+        student = get_peft_model(student, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    student.train()
+    inputs = batch(tokenizer, args.batch)
+    step = DistillationStep(student, teacher, LossConfig(), vocab_size=len(tokenizer))
+    n_loss_tokens = int((inputs["labels"][:, 1:] != -100).sum())
+
+    def sft() -> None:
+        student(**inputs).loss.backward()
+        student.zero_grad(set_to_none=True)
+
+    def dskd() -> None:
+        loss, _ = step(student, output_head(student), inputs)
+        loss.backward()
+        student.zero_grad(set_to_none=True)
+        step.zero_grad(set_to_none=True)
+
+    def teacher_forward() -> None:
+        with torch.no_grad():
+            last_hidden_state(teacher, inputs["input_ids"], inputs["attention_mask"])
+
+    def student_forward_backward() -> None:
+        out = student(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=True, logits_to_keep=1)
+        out.hidden_states[-1].sum().backward()
+        student.zero_grad(set_to_none=True)
+
+    sft_time = timed(sft, args.repeats)
+    dskd_time = timed(dskd, args.repeats)
+    teacher_time = timed(teacher_forward, args.repeats)
+    body_time = timed(student_forward_backward, args.repeats)
+    rest = dskd_time - teacher_time - body_time
+    mode = "full fine-tune" if args.full else "LoRA r=16 all-linear"
+    print(f"student: SmolLM2-135M-Instruct first {DEMO_STUDENT_LAYERS} layers, {mode}; teacher: SmolLM2-135M-Instruct")
+    print(f"batch: {tuple(inputs['input_ids'].shape)} tokens, {n_loss_tokens} response tokens; threads: {torch.get_num_threads()}")
+    print(f"SFT step (fwd+bwd, HF loss)      {sft_time:8.3f} s")
+    print(f"DSKD step (fwd+bwd, dual-space)  {dskd_time:8.3f} s")
+    print(f"  teacher forward                {teacher_time:8.3f} s  ({teacher_time / dskd_time:5.1%})")
+    print(f"  student body fwd+bwd           {body_time:8.3f} s  ({body_time / dskd_time:5.1%})")
+    print(f"  loss, projectors, heads        {rest:8.3f} s  ({rest / dskd_time:5.1%})")
+    print(f"ratio DSKD / SFT step time: {dskd_time / sft_time:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
