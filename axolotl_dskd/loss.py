@@ -2,7 +2,7 @@
 
 Inputs are hidden states already gathered at the positions that enter the loss (one row
 per response token), never logits. Each chunk of rows is turned into logits, scored and
-dropped; `torch.utils.checkpoint` recomputes a chunk's logits in the backward pass, so no
+dropped; `torch.utils.checkpoint` recomputes each chunk but the last in the backward pass, so no
 [rows x vocab] tensor for the whole batch exists in forward or backward.
 
 All terms are *sums* over rows; the caller divides by the number of response tokens in
@@ -106,17 +106,14 @@ def loss_sums(
     """Sum of every loss term and count over all rows, one chunk of rows at a time."""
     sums = student_hidden.new_zeros(len(LOSS_TERMS), dtype=torch.float32)
     counts = student_hidden.new_zeros(len(COUNTS), dtype=torch.float32)
-    for start in range(0, labels.numel(), cfg.chunk_size):
+    n_rows = labels.numel()
+    for start in range(0, n_rows, cfg.chunk_size):
         rows = slice(start, start + cfg.chunk_size)
-        chunk_sums, chunk_counts = checkpoint(
-            _chunk_terms,
-            student_hidden[rows],
-            teacher_hidden[rows],
-            labels[rows],
-            heads,
-            cfg,
-            use_reentrant=False,
-        )
+        chunk_args = (student_hidden[rows], teacher_hidden[rows], labels[rows], heads, cfg)
+        if start + cfg.chunk_size < n_rows:
+            chunk_sums, chunk_counts = checkpoint(_chunk_terms, *chunk_args, use_reentrant=False)
+        else:  # backward starts with the last chunk, so recomputing it would save no memory
+            chunk_sums, chunk_counts = _chunk_terms(*chunk_args)
         sums = sums + chunk_sums
         counts = counts + chunk_counts.detach()
     return sums, counts
