@@ -100,7 +100,8 @@ def main() -> None:
     rest = dskd_time - teacher_time - body_time
     mode = "full fine-tune" if args.full else "LoRA r=16 all-linear"
     print(f"student: SmolLM2-135M-Instruct first {DEMO_STUDENT_LAYERS} layers, {mode}; teacher: SmolLM2-135M-Instruct")
-    print(f"batch: {tuple(inputs['input_ids'].shape)} tokens, {n_loss_tokens} response tokens; threads: {torch.get_num_threads()}")
+    shape = tuple(inputs["input_ids"].shape)
+    print(f"batch: {shape} tokens, {n_loss_tokens} response tokens; threads: {torch.get_num_threads()}")
     print(f"SFT step (fwd+bwd, HF loss)      {sft_time:8.3f} s")
     print(f"DSKD step (fwd+bwd, dual-space)  {dskd_time:8.3f} s")
     print(f"  teacher forward                {teacher_time:8.3f} s  ({teacher_time / dskd_time:5.1%})")
