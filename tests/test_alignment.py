@@ -1,0 +1,137 @@
+"""Exact byte-span alignment and the paper's greedy ETA, on real BPE tokenizations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from axolotl_dskd.alignment import byte_spans, eta_strict_pairs, exact_pairs
+from axolotl_dskd.vocab import token_bytes_table
+from tests.tiny import build_tokenizer
+
+
+def _reference_eta(tea_tokens, stu_tokens, tea_eos, stu_eos):
+    """The method doc's pseudocode, literally (string histories)."""
+    T = [t.replace("▁", "").replace("Ġ", "") for t in tea_tokens]
+    S = [s.replace("▁", "").replace("Ġ", "") for s in stu_tokens]
+    tea_eos, stu_eos = tea_eos.replace("▁", "").replace("Ġ", ""), stu_eos.replace("▁", "").replace("Ġ", "")
+    i = j = 0
+    hist_t = hist_s = ""
+    pairs = []
+    while i < len(T) and j < len(S):
+        if hist_t == hist_s and (T[i] == S[j] or (T[i] == tea_eos and S[j] == stu_eos)):
+            pairs.append((j, i))
+            hist_t += T[i]
+            hist_s += S[j]
+            i += 1
+            j += 1
+        elif len(hist_t) > len(hist_s):
+            hist_s += S[j]
+            j += 1
+        elif len(hist_t) < len(hist_s):
+            hist_t += T[i]
+            i += 1
+        else:
+            hist_t += T[i]
+            hist_s += S[j]
+            i += 1
+            j += 1
+    return pairs
+
+
+def _oracle(student_ids, teacher_ids, student_table, teacher_table):
+    """Every (s, t) whose tokens cover the same non-empty bytes, by a double loop."""
+    s_starts, s_ends, _ = byte_spans(student_ids, student_table)
+    t_starts, t_ends, _ = byte_spans(teacher_ids, teacher_table)
+    return [
+        (s, t)
+        for s in range(len(student_ids))
+        for t in range(len(teacher_ids))
+        if s_ends[s] > s_starts[s] and (s_starts[s], s_ends[s]) == (t_starts[t], t_ends[t])
+    ]
+
+
+CORPUS = [
+    "Janet has 3 apples and buys 12 more.\nHow many apples does she have?\n\n#### 15",
+    "Le café coûte 4,50 € — très cher! Ça va?\tOui.",
+    "def add(a, b):\n    return a + b  # 日本語のコメント 🎉",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("align")
+    big = build_tokenizer(CORPUS, root / "big", vocab_size=500)
+    small = build_tokenizer(CORPUS[::-1], root / "small", vocab_size=300)
+    return big, small, token_bytes_table(big), token_bytes_table(small)
+
+
+def test_token_bytes_table_round_trips_the_text(pair) -> None:
+    big, _, big_table, _ = pair
+    for text in ["  leading spaces\n\n", "é日本語🎉\t12", CORPUS[1]]:
+        ids = big(text, add_special_tokens=False)["input_ids"]
+        assert byte_spans(ids, big_table)[2] == text.encode()
+    assert big_table[big.eos_token_id] is None
+
+
+def test_sentencepiece_style_pieces_map_to_bytes() -> None:
+    from axolotl_dskd.vocab import _token_bytes
+
+    assert _token_bytes("▁Hello", byte_level=False) == b" Hello"
+    assert _token_bytes("<0x0A>", byte_level=False) == b"\n"
+    assert _token_bytes("é", byte_level=False) == "é".encode()
+    assert _token_bytes("ĠHello", byte_level=True) == b" Hello"
+    assert _token_bytes("Ċ", byte_level=True) == b"\n"
+    assert _token_bytes("Ã©", byte_level=True) == "é".encode()
+
+
+def test_sentencepiece_dummy_prefix_is_absorbed() -> None:
+    student_table = [b"Hello", b" world", None]
+    teacher_table = [b" Hello", b" wor", b"ld", None]  # SPM adds a leading space to the first piece
+    pairs = exact_pairs([0, 1, 2], [0, 1, 2, 3], student_table, teacher_table, student_eos=2, teacher_eos=3)
+    assert pairs.tolist() == [[0, 0], [2, 3]]
+
+
+TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=0, max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=TEXT)
+def test_exact_finds_every_oracle_pair_and_nothing_else(pair, text: str) -> None:
+    big, small, big_table, small_table = pair
+    student_ids = big(text, add_special_tokens=False)["input_ids"] + [big.eos_token_id]
+    teacher_ids = small(text, add_special_tokens=False)["input_ids"] + [small.eos_token_id]
+    pairs = exact_pairs(student_ids, teacher_ids, big_table, small_table, big.eos_token_id, small.eos_token_id)
+    expected = _oracle(student_ids, teacher_ids, big_table, small_table) + [(len(student_ids) - 1, len(teacher_ids) - 1)]
+    assert [tuple(p) for p in pairs.tolist()] == expected
+    assert np.all(np.diff(pairs, axis=0) > 0)  # strictly increasing on both sides
+    for s, t in pairs[:-1]:
+        assert big_table[student_ids[s]] == small_table[teacher_ids[t]]  # identical bytes
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=TEXT)
+def test_eta_strict_matches_the_papers_algorithm(pair, text: str) -> None:
+    big, small, _, _ = pair
+    student_tokens = big.convert_ids_to_tokens(big(text, add_special_tokens=False)["input_ids"]) + [big.eos_token]
+    teacher_tokens = small.convert_ids_to_tokens(small(text, add_special_tokens=False)["input_ids"]) + [small.eos_token]
+    pairs = eta_strict_pairs(student_tokens, teacher_tokens, big.eos_token, small.eos_token)
+    assert [tuple(p) for p in pairs.tolist()] == _reference_eta(
+        teacher_tokens, student_tokens, small.eos_token, big.eos_token
+    )
+    assert np.all(np.diff(pairs, axis=0) > 0)
+
+
+def test_exact_keeps_aligning_after_a_newline_where_eta_strict_stops() -> None:
+    # byte-level student ('Ċ' = newline) vs SentencePiece teacher ('<0x0A>')
+    student_tokens = ["Hi", "Ċ", "there", "Ġfriend", "</s>"]
+    teacher_tokens = ["▁Hi", "<0x0A>", "there", "▁friend", "<eos>"]
+    assert eta_strict_pairs(student_tokens, teacher_tokens, "</s>", "<eos>").tolist() == [[0, 0]]
+    from axolotl_dskd.vocab import _token_bytes
+
+    student_table = [_token_bytes(t, byte_level=True) for t in student_tokens[:-1]] + [None]
+    teacher_table = [_token_bytes(t, byte_level=False) for t in teacher_tokens[:-1]] + [None]
+    pairs = exact_pairs(range(5), range(5), student_table, teacher_table, student_eos=4, teacher_eos=4)
+    assert pairs.tolist() == [[0, 0], [1, 1], [2, 2], [3, 3], [4, 4]]
