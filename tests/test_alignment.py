@@ -104,7 +104,8 @@ def test_exact_finds_every_oracle_pair_and_nothing_else(pair, text: str) -> None
     student_ids = big(text, add_special_tokens=False)["input_ids"] + [big.eos_token_id]
     teacher_ids = small(text, add_special_tokens=False)["input_ids"] + [small.eos_token_id]
     pairs = exact_pairs(student_ids, teacher_ids, big_table, small_table, big.eos_token_id, small.eos_token_id)
-    expected = _oracle(student_ids, teacher_ids, big_table, small_table) + [(len(student_ids) - 1, len(teacher_ids) - 1)]
+    eos_pair = (len(student_ids) - 1, len(teacher_ids) - 1)
+    expected = _oracle(student_ids, teacher_ids, big_table, small_table) + [eos_pair]
     assert [tuple(p) for p in pairs.tolist()] == expected
     assert np.all(np.diff(pairs, axis=0) > 0)  # strictly increasing on both sides
     for s, t in pairs[:-1]:
