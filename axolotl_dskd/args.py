@@ -17,6 +17,7 @@ from axolotl_dskd.divergences import DIVERGENCES
 METHODS = ("dskd", "vanilla_kd")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROJECTOR_INITS = ("pinv", "random")
+ALIGNMENTS = ("exact", "eta_strict")
 
 # Axolotl features that replace the logits/loss path the plugin relies on.
 INCOMPATIBLE_FLAGS = {
@@ -43,6 +44,8 @@ class DSKDArgs(BaseModel):
     dskd_teacher_load_in_8bit: bool = False
     dskd_teacher_load_in_4bit: bool = False
     dskd_teacher_trust_remote_code: bool = False
+    dskd_teacher_tokenizer: str | None = None
+    dskd_alignment: str = "exact"
 
     dskd_method: str = "dskd"
     dskd_kd_ratio: float = 0.5
@@ -95,6 +98,7 @@ def check_settings(cfg: Any) -> None:
     _one_of("dskd_divergence", cfg.dskd_divergence, DIVERGENCES)
     _one_of("dskd_teacher_dtype", cfg.dskd_teacher_dtype, TEACHER_DTYPES)
     _one_of("dskd_projector_init", cfg.dskd_projector_init, PROJECTOR_INITS)
+    _one_of("dskd_alignment", cfg.dskd_alignment, ALIGNMENTS)
     _in_range("dskd_kd_ratio", cfg.dskd_kd_ratio, 0.0, 1.0, closed=True)
     _in_range("dskd_skew_lambda", cfg.dskd_skew_lambda, 0.0, 1.0, closed=False)
     _in_range("dskd_adaptive_kl_alpha", cfg.dskd_adaptive_kl_alpha, 0.0, 1.0, closed=False)
@@ -120,16 +124,20 @@ def check_settings(cfg: Any) -> None:
 
 
 def check_vocabularies(cfg: Any) -> None:
-    """Same-vocabulary DSKD needs one token table; say so before any model loads."""
-    from axolotl_dskd.vocab import load_tokenizer, same_vocabulary
+    """Both tokenizers load; a vocabulary mismatch switches to cross-tokenizer DSKD, which
+    only the dual-space method can do."""
+    from axolotl_dskd.vocab import cross_tokenizer
 
-    student_path = getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)
-    if student_path is None:
+    if not (getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)):
         return
-    student = load_tokenizer(student_path, None, bool(getattr(cfg, "trust_remote_code", False)))
-    teacher = load_tokenizer(cfg.dskd_teacher_model, cfg.dskd_teacher_revision, cfg.dskd_teacher_trust_remote_code)
-    if not same_vocabulary(student, teacher):
+    if not cross_tokenizer(cfg):
+        return
+    if cfg.dskd_method != "dskd":
         raise DSKDConfigError(
-            f"dskd_teacher_model: the tokenizer of {cfg.dskd_teacher_model!r} differs from the student's "
-            f"({student_path!r}); this version of axolotl_dskd only distills between models that share a vocabulary"
+            f"dskd_method: {cfg.dskd_method!r} compares logits token by token and needs the teacher to share the "
+            f"student's vocabulary, but {teacher_tokenizer_path(cfg)!r} has another one; use dskd_method: dskd"
         )
+
+
+def teacher_tokenizer_path(cfg: Any) -> str:
+    return cfg.dskd_teacher_tokenizer or cfg.dskd_teacher_model

@@ -21,7 +21,7 @@ from axolotl_dskd.divergences import DivergenceConfig, divergence
 
 # Order of the differentiable sums and of the (non-differentiable) counts a chunk returns.
 LOSS_TERMS = ("ce_loss", "t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss", "vanilla_kd_loss")
-COUNTS = ("n_tokens", "n_agree", "n_t2s_correct")
+COUNTS = ("n_tokens", "n_pairs", "n_valid", "n_agree", "n_t2s_correct", "n_s2t_agree")
 
 
 @dataclass(frozen=True)
@@ -39,61 +39,74 @@ class LossConfig:
 class Heads:
     """Everything that maps hidden states to logits, plus the projectors.
 
-    `argmax_vocab` bounds the ids that count as real tokens on both sides (padded head rows
-    beyond the tokenizer are never a prediction).
+    `student_vocab` / `teacher_vocab` bound the ids that are real tokens (padded head rows
+    beyond a tokenizer are never a prediction). `teacher_to_student` maps a teacher id to
+    the student id of the same text (-1: none); None means both share one vocabulary.
     """
 
     student_head: torch.Tensor  # [V_s, d], trainable or frozen
     teacher_head: torch.Tensor  # [V_t, D], frozen
-    argmax_vocab: int
+    student_vocab: int
+    teacher_vocab: int
     t2s_projector: torch.nn.Module | None = None  # D -> d
     s2t_weight: torch.Tensor | None = None  # [D, d], built from the detached student head
+    teacher_to_student: torch.Tensor | None = None
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     return F.linear(hidden.to(head.dtype), head).float()
 
 
-def _chunk_terms(
+def _ce_only(student_hidden: torch.Tensor, labels: torch.Tensor, heads: Heads) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows without a teacher partner (cross-tokenizer): only the gold CE."""
+    ce = F.cross_entropy(_logits(student_hidden, heads.student_head), labels, reduction="sum")
+    sums = torch.stack([ce, *ce.new_zeros(len(LOSS_TERMS) - 1)])
+    counts = ce.new_zeros(len(COUNTS)).detach()
+    counts[0] = labels.numel()
+    return sums, counts
+
+
+def _pair_terms(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
     labels: torch.Tensor,
     heads: Heads,
     cfg: LossConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss sums and counts for one chunk of rows (see LOSS_TERMS and COUNTS)."""
+    """Loss sums and counts for a chunk of aligned (student row, teacher row) pairs."""
     zero = student_hidden.new_zeros((), dtype=torch.float32)
     student_logits = _logits(student_hidden, heads.student_head)
     ce = F.cross_entropy(student_logits, labels, reduction="sum")
     with torch.no_grad():
         teacher_logits = _logits(teacher_hidden, heads.teacher_head)
-    vocab = heads.argmax_vocab
-    n_tokens = torch.tensor(float(labels.numel()), device=labels.device)
 
     if cfg.method == "vanilla_kd":
+        vocab = min(heads.student_vocab, heads.teacher_vocab)
         kd = divergence(teacher_logits[:, :vocab], student_logits[:, :vocab], cfg.divergence).sum()
-        sums = torch.stack([ce, zero, zero, zero, kd])
-        counts = torch.stack([n_tokens, zero, zero])
-        return sums, counts
+        n_rows = float(labels.numel())
+        return torch.stack([ce, zero, zero, zero, kd]), labels.new_tensor([n_rows] * 3 + [0.0] * 3, dtype=torch.float)
 
-    teacher_pred = teacher_logits[:, :vocab].argmax(-1)
+    teacher_pred = teacher_logits[:, : heads.teacher_vocab].argmax(-1)
+    t2s_label = teacher_pred if heads.teacher_to_student is None else heads.teacher_to_student[teacher_pred]
+    valid = t2s_label >= 0  # the teacher's prediction has a student token: otherwise skip the pair
     # student space: teacher hidden -> student hidden, decoded by the detached student head
     projected_teacher = heads.t2s_projector(teacher_hidden.float())
     t2s_logits = _logits(projected_teacher, heads.student_head.detach())
-    t2s_ce = F.cross_entropy(t2s_logits, teacher_pred, reduction="sum")
-    t2s_pred = t2s_logits[:, :vocab].argmax(-1)
-    agree = t2s_pred == teacher_pred
+    t2s_ce = F.cross_entropy(t2s_logits, torch.where(valid, t2s_label, -100), reduction="sum")
+    t2s_pred = t2s_logits[:, : heads.student_vocab].argmax(-1)
+    agree = valid & (t2s_pred == t2s_label)
     t2s_kd_rows = divergence(t2s_logits.detach(), student_logits, cfg.divergence)
-    if cfg.agreement_mask:
-        t2s_kd_rows = t2s_kd_rows * agree
+    t2s_kd = (t2s_kd_rows * (agree if cfg.agreement_mask else valid)).sum()
     # teacher space: student hidden -> teacher hidden, decoded by the frozen teacher head
     projected_student = F.linear(student_hidden.float(), heads.s2t_weight)
     s2t_logits = _logits(projected_student, heads.teacher_head)
-    s2t_kd = divergence(teacher_logits, s2t_logits, cfg.divergence).sum()
+    s2t_kd = (divergence(teacher_logits, s2t_logits, cfg.divergence) * valid).sum()
+    s2t_agree = s2t_logits[:, : heads.teacher_vocab].argmax(-1) == teacher_pred
 
-    sums = torch.stack([ce, t2s_ce, t2s_kd_rows.sum(), s2t_kd, zero])
-    counts = torch.stack([n_tokens, agree.sum().float(), (t2s_pred == labels).sum().float()])
-    return sums, counts
+    sums = torch.stack([ce, t2s_ce, t2s_kd, s2t_kd, zero])
+    n = torch.tensor(labels.numel(), device=labels.device)
+    counts = torch.stack([n, n, valid.sum(), agree.sum(), (t2s_pred == labels).sum(), s2t_agree.sum()])
+    return sums, counts.float()
 
 
 def loss_sums(
@@ -103,19 +116,30 @@ def loss_sums(
     heads: Heads,
     cfg: LossConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of every loss term and count over all rows, one chunk of rows at a time."""
+    """Sum of every loss term and count over all rows, one chunk of rows at a time.
+
+    The first len(teacher_hidden) student rows are paired with the teacher rows, in order;
+    the remaining student rows (unaligned, cross-tokenizer) only enter the gold CE.
+    """
     sums = student_hidden.new_zeros(len(LOSS_TERMS), dtype=torch.float32)
     counts = student_hidden.new_zeros(len(COUNTS), dtype=torch.float32)
-    n_rows = labels.numel()
+    n_rows, n_pairs = labels.numel(), teacher_hidden.shape[0]
     for start in range(0, n_rows, cfg.chunk_size):
-        rows = slice(start, start + cfg.chunk_size)
-        chunk_args = (student_hidden[rows], teacher_hidden[rows], labels[rows], heads, cfg)
-        if start + cfg.chunk_size < n_rows:
-            chunk_sums, chunk_counts = checkpoint(_chunk_terms, *chunk_args, use_reentrant=False)
-        else:  # backward starts with the last chunk, so recomputing it would save no memory
-            chunk_sums, chunk_counts = _chunk_terms(*chunk_args)
-        sums = sums + chunk_sums
-        counts = counts + chunk_counts.detach()
+        stop = min(start + cfg.chunk_size, n_rows)
+        paired = slice(start, min(stop, n_pairs))
+        pieces = []
+        if paired.start < paired.stop:
+            pieces.append((_pair_terms, (student_hidden[paired], teacher_hidden[paired], labels[paired], heads, cfg)))
+        if stop > n_pairs:
+            alone = slice(max(start, n_pairs), stop)
+            pieces.append((_ce_only, (student_hidden[alone], labels[alone], heads)))
+        for chunk_fn, chunk_args in pieces:
+            if stop < n_rows:
+                chunk_sums, chunk_counts = checkpoint(chunk_fn, *chunk_args, use_reentrant=False)
+            else:  # backward starts with the last chunk, so recomputing it would save no memory
+                chunk_sums, chunk_counts = chunk_fn(*chunk_args)
+            sums = sums + chunk_sums
+            counts = counts + chunk_counts.detach()
     return sums, counts
 
 

@@ -33,6 +33,21 @@ class DSKDPlugin(BasePlugin):
 
         return DSKDTrainer
 
+    def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict[str, Any]] | None:
+        """Cross-tokenizer runs need the teacher's tokenization of each row; else keep Axolotl's."""
+        from axolotl_dskd.args import teacher_tokenizer_path
+        from axolotl_dskd.vocab import cross_tokenizer
+
+        if not cross_tokenizer(cfg):
+            return None
+        from axolotl_dskd.collator import DSKDCrossTokenizerCollator
+
+        return DSKDCrossTokenizerCollator, {
+            "teacher_tokenizer_path": teacher_tokenizer_path(cfg),
+            "teacher_trust_remote_code": bool(cfg.dskd_teacher_trust_remote_code),
+            "alignment": cfg.dskd_alignment,
+        }
+
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         self._trainer = trainer
 

@@ -13,9 +13,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from axolotl_dskd.collator import TEACHER_FIELDS
 from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, combine, kd_sum, loss_sums
 from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.teacher import last_hidden_state, output_head
+from axolotl_dskd.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
 IGNORE_INDEX = -100
@@ -23,24 +25,46 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Rows:
-    """The positions that enter the loss: response tokens, after the causal shift."""
+    """Response positions that enter the loss, in the causal-shift coordinates of
+    labels[:, 1:]: student rows paired with a teacher row first, then unpaired ones."""
 
-    mask: torch.Tensor  # [B, L-1] bool
-    labels: torch.Tensor  # [rows]
+    student_index: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) per student row
+    teacher_index: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) per pair
+    labels: torch.Tensor  # gold student label per student row
 
     @classmethod
-    def from_labels(cls, labels: torch.Tensor) -> Rows:
+    def build(cls, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> Rows:
+        """Same vocabulary (`pairs` None): every response row pairs with itself."""
         targets = labels[:, 1:]
-        mask = targets != IGNORE_INDEX
-        return cls(mask=mask, labels=targets[mask])
+        trained = targets != IGNORE_INDEX
+        if pairs is None:
+            student_index = teacher_index = trained.nonzero(as_tuple=True)
+        else:
+            rows, student_pos, teacher_pos = pairs.to(labels.device).unbind(-1)
+            unpaired = trained.clone()
+            unpaired[rows, student_pos] = False
+            alone_rows, alone_pos = unpaired.nonzero(as_tuple=True)
+            student_index = (torch.cat([rows, alone_rows]), torch.cat([student_pos, alone_pos]))
+            teacher_index = (rows, teacher_pos)
+        return cls(student_index, teacher_index, targets[student_index])
 
-    def gather(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[B, L, H] hidden states -> [rows, H], the states that predict each label."""
-        return hidden[:, :-1][self.mask.to(hidden.device)]
+    @staticmethod
+    def _take(hidden: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return hidden[:, :-1][index[0].to(hidden.device), index[1].to(hidden.device)]
+
+    def student_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._take(hidden, self.student_index)
+
+    def teacher_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._take(hidden, self.teacher_index)
 
 
 class DistillationStep(nn.Module):
-    """Holds the frozen teacher and the projectors; turns a batch into the DSKD loss."""
+    """Holds the frozen teacher and the projectors; turns a batch into the DSKD loss.
+
+    With a `bridge` (teacher and student tokenizers differ) the teacher reads its own
+    tokenization of the batch (`teacher_*` fields and `dskd_pairs` from the collator).
+    """
 
     def __init__(
         self,
@@ -48,31 +72,53 @@ class DistillationStep(nn.Module):
         teacher: PreTrainedModel,
         loss_cfg: LossConfig,
         vocab_size: int,
+        teacher_vocab_size: int | None = None,
+        bridge: VocabBridge | None = None,
         projector_init: str = "pinv",
         init_topk_vocab: int | None = None,
     ) -> None:
         super().__init__()
         self.loss_cfg = loss_cfg
+        self.bridge = bridge
         # the teacher is not a submodule: it must not reach the optimizer or the checkpoints
         self.__dict__["teacher"] = teacher
         student_head, teacher_head = output_head(student), output_head(teacher)
-        self.argmax_vocab = min(vocab_size, student_head.shape[0], teacher_head.shape[0])
+        self.student_vocab = min(vocab_size, student_head.shape[0])
+        self.teacher_vocab = min(teacher_vocab_size or vocab_size, teacher_head.shape[0])
+        if bridge is None:  # one vocabulary: an id is a real token only if both sides have it
+            self.student_vocab = self.teacher_vocab = min(self.student_vocab, self.teacher_vocab)
         self.t2s_projector: T2SProjector | None = None
         self.s2t_map: S2TMap | None = None
         if loss_cfg.method == "dskd":
-            vocab = SharedVocab.first_ids(min(init_topk_vocab or self.argmax_vocab, self.argmax_vocab))
+            vocab = self._shared_vocab(init_topk_vocab)
             self.t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
             if projector_init == "pinv":
                 rel_error = self.t2s_projector.init_pinv(student_head, teacher_head, vocab)
                 LOG.info(
-                    "dskd: t2s projector pinv init over %d tokens, relative logit error %.4f", len(vocab), rel_error
+                    "dskd: t2s projector pinv init on %d shared tokens, relative error %.4f", len(vocab), rel_error
                 )
             self.s2t_map = S2TMap(teacher_head, vocab)
+
+    def _shared_vocab(self, topk: int | None) -> SharedVocab:
+        if self.bridge is None:
+            size = min(self.student_vocab, self.teacher_vocab)
+            return SharedVocab.first_ids(min(topk or size, size))
+        student_ids, teacher_ids = self.bridge.shared_student_ids, self.bridge.shared_teacher_ids
+        return SharedVocab(student_ids[:topk], teacher_ids[:topk])
 
     def heads(self, student_head: torch.Tensor) -> Heads:
         teacher_head = output_head(self.teacher)
         s2t_weight = self.s2t_map.weight(student_head) if self.s2t_map else None
-        return Heads(student_head, teacher_head, self.argmax_vocab, self.t2s_projector, s2t_weight)
+        to_student = None if self.bridge is None else self.bridge.teacher_to_student.to(teacher_head.device)
+        return Heads(
+            student_head,
+            teacher_head,
+            self.student_vocab,
+            self.teacher_vocab,
+            self.t2s_projector,
+            s2t_weight,
+            to_student,
+        )
 
     def forward(
         self,
@@ -82,20 +128,22 @@ class DistillationStep(nn.Module):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss = [(1-a) CE + a KD] summed over response rows / global response rows."""
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        rows = Rows.from_labels(inputs["labels"])
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
+        cross = self.bridge is not None
+        rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
         outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
         student_hidden = outputs.hidden_states[-1]
         with torch.no_grad():
             teacher_device = output_head(self.teacher).device
+            prefix = "teacher_" if cross else ""
             teacher_hidden = last_hidden_state(
                 self.teacher,
-                inputs["input_ids"].to(teacher_device),
-                inputs["attention_mask"].to(teacher_device),
+                inputs[prefix + "input_ids"].to(teacher_device),
+                inputs[prefix + "attention_mask"].to(teacher_device),
             )
         sums, counts = loss_sums(
-            rows.gather(student_hidden),
-            rows.gather(teacher_hidden).to(student_hidden.device),
+            rows.student_rows(student_hidden),
+            rows.teacher_rows(teacher_hidden).to(student_hidden.device),
             rows.labels.to(student_hidden.device),
             self.heads(student_head),
             self.loss_cfg,
@@ -109,11 +157,13 @@ class DistillationStep(nn.Module):
     def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
         """Per-token means over this micro-batch, for logging."""
         count = dict(zip(COUNTS, counts.tolist(), strict=True))
-        n_tokens = max(count["n_tokens"], 1.0)
+        n_tokens, n_pairs = max(count["n_tokens"], 1.0), max(count["n_pairs"], 1.0)
         terms = {name: value / n_tokens for name, value in zip(LOSS_TERMS, sums.tolist(), strict=True)}
         metrics = {"ce_loss": terms["ce_loss"], "kd_loss": kd_sum(sums).item() / n_tokens}
         if self.loss_cfg.method == "dskd":
             metrics |= {name: terms[name] for name in ("t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss")}
-            metrics["t2s_agreement"] = count["n_agree"] / n_tokens
-            metrics["t2s_acc"] = count["n_t2s_correct"] / n_tokens
+            metrics["t2s_agreement"] = count["n_agree"] / n_pairs
+            metrics["t2s_acc"] = count["n_t2s_correct"] / n_pairs
+            metrics["s2t_agreement"] = count["n_s2t_agree"] / n_pairs
+            metrics["align_ratio"] = count["n_pairs"] / n_tokens
         return metrics

@@ -17,6 +17,7 @@ from axolotl_dskd.divergences import DivergenceConfig
 from axolotl_dskd.loss import LossConfig
 from axolotl_dskd.step import DistillationStep
 from axolotl_dskd.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.vocab import VocabBridge, load_tokenizer, same_vocabulary
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
@@ -65,11 +66,24 @@ class DSKDTrainer(AxolotlTrainer):
             trust_remote_code=self.args.dskd_teacher_trust_remote_code,
             attn_implementation=self.model.config._attn_implementation,
         )
+        teacher_tokenizer = load_tokenizer(
+            self.args.dskd_teacher_tokenizer or spec.path,
+            None if self.args.dskd_teacher_tokenizer else spec.revision,
+            spec.trust_remote_code,
+        )
+        cross = not same_vocabulary(self.processing_class, teacher_tokenizer)
+        if cross:
+            LOG.info(
+                "dskd: teacher and student tokenizers differ: cross-tokenizer DSKD, %s alignment",
+                self.args.dskd_alignment,
+            )
         self.distill = DistillationStep(
             student=self.model,
             teacher=load_teacher(spec, student_head.device),
             loss_cfg=loss_config(self.args),
             vocab_size=len(self.processing_class),
+            teacher_vocab_size=len(teacher_tokenizer),
+            bridge=VocabBridge.build(self.processing_class, teacher_tokenizer) if cross else None,
             projector_init=self.args.dskd_projector_init,
             init_topk_vocab=self.args.dskd_init_topk_vocab,
         )
@@ -82,7 +96,10 @@ class DSKDTrainer(AxolotlTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # DDP averages gradients over ranks; the loss is already divided by the global count
             loss = loss * self.accelerator.num_processes
-        self.store_metrics(metrics, train_eval="train" if model.training else "eval")
+        if model.training:
+            self.store_metrics(metrics, train_eval="train")
+        else:  # eval logs carry eval_* keys, so trackers file them under eval/
+            self.store_metrics({f"eval_{name}": value for name, value in metrics.items()}, train_eval="eval")
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def create_optimizer(self, model=None):

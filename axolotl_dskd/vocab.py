@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 
@@ -14,13 +17,33 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
 
 
-def same_vocabulary(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> bool:
-    """True when every token string has the same id on both sides.
+def student_and_teacher_tokenizers(cfg: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
+    """The two tokenizers named by an Axolotl config (tokenizer_config or base_model; the
+    dskd_teacher_tokenizer or the teacher model's)."""
+    from axolotl_dskd.args import teacher_tokenizer_path
 
-    Head sizes are not compared: a model whose embedding is padded past its tokenizer
-    (e.g. 151936 vs 152064 rows) still shares the vocabulary.
+    student_path = getattr(cfg, "tokenizer_config", None) or cfg.base_model
+    student = load_tokenizer(student_path, None, bool(getattr(cfg, "trust_remote_code", False)))
+    teacher_revision = None if cfg.dskd_teacher_tokenizer else cfg.dskd_teacher_revision
+    teacher = load_tokenizer(teacher_tokenizer_path(cfg), teacher_revision, bool(cfg.dskd_teacher_trust_remote_code))
+    return student, teacher
+
+
+def cross_tokenizer(cfg: Any) -> bool:
+    """True when the teacher's vocabulary differs from the student's."""
+    return not same_vocabulary(*student_and_teacher_tokenizers(cfg))
+
+
+def same_vocabulary(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> bool:
+    """True when every id both tokenizers have stands for the same token string.
+
+    Extra ids on one side (a pad token Axolotl added, a padded embedding such as 151936 vs
+    152064 rows) are not a mismatch: they are never predicted across the two models.
     """
-    return student.get_vocab() == teacher.get_vocab()
+    shared = min(len(student), len(teacher))
+    student_vocab = {token: i for token, i in student.get_vocab().items() if i < shared}
+    teacher_vocab = {token: i for token, i in teacher.get_vocab().items() if i < shared}
+    return student_vocab == teacher_vocab
 
 
 def _bytes_to_unicode() -> dict[str, int]:
@@ -69,3 +92,44 @@ def token_bytes_table(tokenizer: PreTrainedTokenizerBase) -> list[bytes | None]:
         else:
             table[token_id] = _token_bytes(token, byte_level)
     return table
+
+
+def _bytes_to_id(tokenizer: PreTrainedTokenizerBase, table: list[bytes | None]) -> dict[bytes, int]:
+    """Each byte string's id; a regular piece wins over a <0xNN> byte-fallback piece."""
+    fallback = {token_id for token, token_id in tokenizer.get_vocab().items() if BYTE_FALLBACK.fullmatch(token)}
+    order = sorted(range(len(table)), key=lambda token_id: (token_id in fallback, token_id))
+    mapping: dict[bytes, int] = {}
+    for token_id in order:
+        piece = table[token_id]
+        if piece is not None and piece not in mapping:
+            mapping[piece] = token_id
+    return mapping
+
+
+@dataclass(frozen=True)
+class VocabBridge:
+    """Teacher <-> student id maps built by exact byte strings (not raw vocab strings).
+
+    `teacher_to_student[t]` is the student id for the same bytes, or -1 when the student has
+    no single token for them; the teachers' EOS maps to the student's EOS.
+    """
+
+    teacher_to_student: torch.Tensor  # [len(teacher tokenizer)]
+    student_to_teacher: torch.Tensor  # [len(student tokenizer)]
+    shared_student_ids: torch.Tensor  # overlap, in student id order
+    shared_teacher_ids: torch.Tensor
+
+    @classmethod
+    def build(cls, student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> VocabBridge:
+        student_ids = _bytes_to_id(student, token_bytes_table(student))
+        teacher_ids = _bytes_to_id(teacher, token_bytes_table(teacher))
+        shared = sorted((student_ids[piece], teacher_ids[piece]) for piece in student_ids.keys() & teacher_ids.keys())
+        teacher_to_student = torch.full((len(teacher),), -1, dtype=torch.long)
+        student_to_teacher = torch.full((len(student),), -1, dtype=torch.long)
+        for student_id, teacher_id in shared:
+            teacher_to_student[teacher_id] = student_id
+            student_to_teacher[student_id] = teacher_id
+        teacher_to_student[teacher.eos_token_id] = student.eos_token_id
+        student_to_teacher[student.eos_token_id] = teacher.eos_token_id
+        pairs = torch.tensor(shared, dtype=torch.long).reshape(-1, 2)
+        return cls(teacher_to_student, student_to_teacher, pairs[:, 0], pairs[:, 1])

@@ -17,7 +17,7 @@ from tests.tiny import build_llama, build_tokenizer, gsm_texts_and_data  # noqa:
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """A briefly trained teacher (hidden 64, 3 layers) and a random student (hidden 32,
-    2 layers) sharing one tokenizer.
+    2 layers) sharing one tokenizer, plus a cross teacher (hidden 48) with a BPE of its own.
 
     The teacher's head has 16 padded rows beyond the tokenizer, like Qwen2.5-7B vs 1.5B.
     """
@@ -26,8 +26,16 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     tokenizer = build_tokenizer(texts, root / "tokenizer")
     build_llama(root / "teacher", tokenizer, hidden=64, layers=3, seed=1, extra_rows=16, train_on=texts)
     build_llama(root / "student", tokenizer, hidden=32, layers=2, seed=2)
+    teacher_tokenizer = build_tokenizer(texts[::-1][:24], root / "cross_tokenizer", vocab_size=500)
+    build_llama(root / "cross_teacher", teacher_tokenizer, hidden=48, layers=3, seed=3, train_on=texts)
     return SimpleNamespace(
-        root=root, tokenizer=tokenizer, teacher=root / "teacher", student=root / "student", data=data
+        root=root,
+        tokenizer=tokenizer,
+        teacher=root / "teacher",
+        student=root / "student",
+        data=data,
+        teacher_tokenizer=teacher_tokenizer,
+        cross_teacher=root / "cross_teacher",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,7 @@ def test_training_args_mixin_carries_every_key_with_its_default() -> None:
 BAD_SETTINGS = [
     ({"dskd_teacher_model": None}, "dskd_teacher_model: required by axolotl_dskd.DSKDPlugin"),
     ({"dskd_divergence": "kl"}, "dskd_divergence: 'kl' is not supported; use one of: forward_kl, reverse_kl, js,"),
+    ({"dskd_alignment": "dtw"}, "dskd_alignment: 'dtw' is not supported; use one of: exact, eta_strict"),
     ({"dskd_method": "dskd_cma"}, "dskd_method: 'dskd_cma' is not supported; use one of: dskd, vanilla_kd"),
     ({"dskd_kd_ratio": 1.5}, "dskd_kd_ratio: 1.5 is outside [0.0, 1.0]"),
     ({"dskd_kd_ratio": -0.1}, "dskd_kd_ratio: -0.1 is outside [0.0, 1.0]"),
@@ -88,12 +90,21 @@ def test_multi_process_launch_is_rejected(tiny, tmp_path, monkeypatch) -> None:
     assert "WORLD_SIZE=2: axolotl_dskd.DSKDPlugin does not synchronise the t2s projector" in _error(tiny, tmp_path)
 
 
-def test_teacher_with_another_vocabulary_is_rejected(tiny, tmp_path) -> None:
+def test_teacher_with_another_vocabulary_switches_to_cross_tokenizer_dskd(tiny, tmp_path) -> None:
     other = build_tokenizer(["completely different text " * 40], tmp_path / "other", vocab_size=300)
+    assert _validate(tiny, tmp_path, dskd_teacher_tokenizer=str(tmp_path / "other")).dskd_method == "dskd"
+    message = _error(tiny, tmp_path, dskd_teacher_tokenizer=str(tmp_path / "other"), dskd_method="vanilla_kd")
+    assert "dskd_method: 'vanilla_kd' compares logits token by token and needs the teacher to share" in message
     assert len(other) != len(tiny.tokenizer)
-    message = _error(tiny, tmp_path, dskd_teacher_model=str(tmp_path / "other"))
-    assert "dskd_teacher_model: the tokenizer of" in message
-    assert "only distills between models that share a vocabulary" in message
+
+
+def test_added_pad_token_is_not_a_vocabulary_mismatch(tiny) -> None:
+    from axolotl_dskd.vocab import same_vocabulary
+
+    student = copy.deepcopy(tiny.tokenizer)
+    student.add_special_tokens({"pad_token": "<pad>"})
+    assert len(student) == len(tiny.tokenizer) + 1
+    assert same_vocabulary(student, tiny.tokenizer)
 
 
 def test_padded_teacher_head_is_not_a_vocabulary_mismatch(tiny, tmp_path) -> None:

@@ -20,7 +20,7 @@ def _setup(seed: int = 0):
     teacher_head = torch.randn(V_T, D_T)  # 4 padded rows past the real vocab
     projector = T2SProjector(D_T, D_S)
     s2t_weight = torch.randn(D_T, D_S)
-    heads = Heads(student_head, teacher_head, REAL_VOCAB, projector, s2t_weight)
+    heads = Heads(student_head, teacher_head, REAL_VOCAB, REAL_VOCAB, projector, s2t_weight)
     return student_hidden, teacher_hidden, labels, heads
 
 
@@ -94,6 +94,51 @@ def test_counts_report_tokens_agreement_and_accuracy() -> None:
     _, counts = loss_sums(student_hidden, teacher_hidden, labels, heads, LossConfig(chunk_size=3))
     with torch.no_grad():
         z_t2s = heads.t2s_projector(teacher_hidden) @ heads.student_head.T
-        teacher_pred = (teacher_hidden @ heads.teacher_head.T)[:, :REAL_VOCAB].argmax(-1)
+        z_t = teacher_hidden @ heads.teacher_head.T
+        teacher_pred = z_t[:, :REAL_VOCAB].argmax(-1)
         t2s_pred = z_t2s[:, :REAL_VOCAB].argmax(-1)
-    assert counts.tolist() == [ROWS, (t2s_pred == teacher_pred).sum().item(), (t2s_pred == labels).sum().item()]
+        s2t_pred = ((student_hidden @ heads.s2t_weight.T) @ heads.teacher_head.T)[:, :REAL_VOCAB].argmax(-1)
+    assert counts.tolist() == [
+        ROWS,
+        ROWS,
+        ROWS,
+        (t2s_pred == teacher_pred).sum().item(),
+        (t2s_pred == labels).sum().item(),
+        (s2t_pred == teacher_pred).sum().item(),
+    ]
+
+
+def _reference_cross(student_hidden, teacher_hidden, labels, heads, cfg: LossConfig) -> torch.Tensor:
+    """Method doc 4.2: pairs first (teacher argmax mapped to the student vocab, unmapped
+    pairs skipped entirely), then CE alone on the unpaired student rows."""
+    n_pairs = teacher_hidden.shape[0]
+    paired = student_hidden[:n_pairs]
+    z_s_all = student_hidden @ heads.student_head.T
+    z_s, z_t = z_s_all[:n_pairs], teacher_hidden @ heads.teacher_head.T
+    label = heads.teacher_to_student[z_t[:, :REAL_VOCAB].argmax(-1)]
+    valid = label >= 0
+    z_t2s = heads.t2s_projector(teacher_hidden) @ heads.student_head.detach().T
+    agree = valid & (z_t2s[:, :REAL_VOCAB].argmax(-1) == label)
+    t2s_ce = F.cross_entropy(z_t2s[valid], label[valid], reduction="sum")
+    t2s_kd = (divergence(z_t2s.detach(), z_s, cfg.divergence) * agree).sum()
+    z_s2t = (paired @ heads.s2t_weight.T) @ heads.teacher_head.T
+    s2t_kd = (divergence(z_t, z_s2t, cfg.divergence) * valid).sum()
+    ce = F.cross_entropy(z_s_all, labels, reduction="sum")
+    return (1 - cfg.kd_ratio) * ce + cfg.kd_ratio * (t2s_ce + t2s_kd + s2t_kd)
+
+
+@pytest.mark.parametrize("chunk_size", [2, 5, 1024])
+def test_cross_tokenizer_pairs_match_reference(chunk_size: int) -> None:
+    student_hidden, teacher_hidden, labels, heads = _setup(seed=4)
+    teacher_hidden = teacher_hidden[:8]  # 8 aligned pairs, 5 unaligned student rows
+    heads.teacher_to_student = torch.randint(0, REAL_VOCAB, (V_T,))
+    heads.teacher_to_student[::3] = -1  # teacher tokens with no student token
+    cfg = LossConfig(chunk_size=chunk_size)
+    expected = _reference_cross(student_hidden, teacher_hidden, labels, heads, cfg)
+    sums, counts = loss_sums(student_hidden, teacher_hidden, labels, heads, cfg)
+    got = combine(sums, cfg)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    trained = [student_hidden, heads.student_head, heads.t2s_projector.weight]
+    for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
+        assert torch.allclose(got_grad, expected_grad, atol=1e-5, rtol=1e-5)
+    assert counts[:2].tolist() == [ROWS, 8]

@@ -39,12 +39,12 @@ def models(tiny):
 
 
 def _term_sums(step: DistillationStep, student, batch) -> dict[str, torch.Tensor]:
-    rows = Rows.from_labels(batch["labels"])
+    rows = Rows.build(batch["labels"])
     hidden = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     teacher_hidden = last_hidden_state(step.teacher, batch["input_ids"], batch["attention_mask"])
     sums, _ = loss_sums(
-        rows.gather(hidden.hidden_states[-1]),
-        rows.gather(teacher_hidden),
+        rows.student_rows(hidden.hidden_states[-1]),
+        rows.teacher_rows(teacher_hidden),
         rows.labels,
         step.heads(output_head(student)),
         step.loss_cfg,
@@ -112,7 +112,7 @@ def test_padded_teacher_head_never_predicts_padding_rows(models) -> None:
     student, teacher, _, vocab_size = models
     step = DistillationStep(student, teacher, LossConfig(), vocab_size)
     assert output_head(teacher).shape[0] == vocab_size + 16
-    assert step.argmax_vocab == vocab_size
+    assert step.teacher_vocab == step.student_vocab == vocab_size
 
 
 def test_metrics_are_logged_per_term(models) -> None:
@@ -127,7 +127,10 @@ def test_metrics_are_logged_per_term(models) -> None:
         "s2t_kd_loss",
         "t2s_agreement",
         "t2s_acc",
+        "s2t_agreement",
+        "align_ratio",
     }
+    assert metrics["align_ratio"] == 1.0  # same vocabulary: every response token is paired
     assert metrics["kd_loss"] == pytest.approx(
         metrics["t2s_ce_loss"] + metrics["t2s_kd_loss"] + metrics["s2t_kd_loss"], rel=1e-5
     )
