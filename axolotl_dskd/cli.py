@@ -1,8 +1,10 @@
-"""The `axolotl-dskd` command. `demo`: a real distillation on the embedded default pair."""
+"""The `axolotl-dskd` command: `demo` (a real distillation on the embedded default pair) and
+`align` (how much of a text a tokenizer pair can distill)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
@@ -71,6 +73,28 @@ def demo(args: argparse.Namespace) -> int:
     return subprocess.run(["axolotl", "train", str(config_path)], env=env).returncode
 
 
+def align(args: argparse.Namespace) -> int:
+    from axolotl_dskd.coverage import Aligner, load_named_tokenizer, read_texts, summarize
+
+    texts = read_texts(Path(args.data), args.field)
+    aligner = Aligner(
+        load_named_tokenizer(args.student_tokenizer), load_named_tokenizer(args.teacher_tokenizer), args.alignment
+    )
+    summary, aligned = summarize(aligner, texts)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    pair = f"student {args.student_tokenizer} vs teacher {args.teacher_tokenizer}"
+    print(f"{pair}, {args.alignment} alignment, {len(texts)} texts")
+    print(f"  student tokens aligned: {summary['student_aligned_fraction']:.1%} of {summary['n_student_tokens']}")
+    print(f"  teacher tokens aligned: {summary['teacher_aligned_fraction']:.1%} of {summary['n_teacher_tokens']}")
+    print(f"  shared vocabulary (identical bytes): {summary['shared_vocab_size']} tokens")
+    for item in aligned[: args.examples]:
+        print("\n--- example (unaligned student tokens in ⟦⟧) ---")
+        print(aligner.render(item)[:600])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="axolotl-dskd", description=__doc__)
@@ -80,6 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.add_argument("--steps", type=int, default=30, help="optimizer steps (4 samples each)")
     demo_parser.add_argument("--no-train", action="store_true", help="only fetch assets and write the config")
     demo_parser.set_defaults(handler=demo)
+    align_parser = commands.add_parser("align", help="how much of a text a tokenizer pair can distill")
+    align_parser.add_argument(
+        "--student-tokenizer", required=True, help="dir, hub id, or gpt-2|llama-spm|qwen2|smollm2"
+    )
+    align_parser.add_argument(
+        "--teacher-tokenizer", required=True, help="dir, hub id, or gpt-2|llama-spm|qwen2|smollm2"
+    )
+    align_parser.add_argument("--data", required=True, help=".jsonl rows or a plain text file")
+    align_parser.add_argument("--field", default="text", help="jsonl field holding the text")
+    align_parser.add_argument("--alignment", choices=("exact", "eta_strict"), default="exact")
+    align_parser.add_argument("--examples", type=int, default=3, help="rendered examples to print")
+    align_parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+    align_parser.set_defaults(handler=align)
     args = parser.parse_args(argv)
     return args.handler(args)
 
