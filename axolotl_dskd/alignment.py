@@ -14,10 +14,10 @@ return an int array of (student index, teacher index) pairs, strictly increasing
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numba
 import numpy as np
-
-NO_PAIRS = np.zeros((0, 2), dtype=np.int64)
 
 
 def byte_spans(ids: Sequence[int], table: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, bytes]:
@@ -25,28 +25,225 @@ def byte_spans(ids: Sequence[int], table: Sequence[bytes | None]) -> tuple[np.nd
 
     Special tokens (None in the table) have no bytes: an empty span.
     """
-    pieces = [table[token] or b"" for token in ids]
-    ends = np.cumsum([len(piece) for piece in pieces], dtype=np.int64)
-    starts = ends - np.array([len(piece) for piece in pieces], dtype=np.int64)
-    return starts, ends, b"".join(pieces)
+    lengths = np.array([len(table[token] or b"") for token in ids], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    return ends - lengths, ends, b"".join(table[token] or b"" for token in ids)
 
 
-def _text_spans(ids: Sequence[int], table: Sequence[bytes | None], text: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Token spans expressed in `text`: a SentencePiece dummy-prefix space is absorbed
-    into the first token, and tokens past the first byte where the tokenizer's bytes
-    differ from the text (a normalizer rewrote it) get an empty, unpairable span."""
-    starts, ends, stream = byte_spans(ids, table)
-    shift = int(stream.startswith(b" ") and _common_prefix(stream[1:], text) > _common_prefix(stream, text))
-    starts, ends, stream = np.maximum(starts - shift, 0), ends - shift, stream[shift:]
-    agree = len(text) if stream == text else _common_prefix(stream, text)
-    starts = np.where(ends <= agree, starts, ends)
-    return starts, ends
+# Polynomial hashes of every token's bytes (two odd bases, arithmetic mod 2**64) let the
+# kernel check in O(tokens) that a stream spells its text, together with its length;
+# only streams that fail are walked byte by byte.
+HASH_BASES = (np.uint64(1_000_003), np.uint64(0x100000001B3))
 
 
-def _common_prefix(a: bytes, b: bytes) -> int:
-    length = min(len(a), len(b))
-    differ = np.flatnonzero(np.frombuffer(a[:length], np.uint8) != np.frombuffer(b[:length], np.uint8))
-    return int(differ[0]) if differ.size else length
+@numba.njit(cache=True)
+def _token_hashes(data, offsets):  # pragma: no cover - compiled
+    """Per base and token: Horner hash of its bytes and base ** length, mod 2**64."""
+    hashes = np.zeros((2, len(offsets) - 1), dtype=np.uint64)
+    powers = np.ones((2, len(offsets) - 1), dtype=np.uint64)
+    for h in range(2):
+        base = HASH_BASES[h]
+        for token in range(len(offsets) - 1):
+            for k in range(offsets[token], offsets[token + 1]):
+                hashes[h, token] = hashes[h, token] * base + np.uint64(data[k])
+                powers[h, token] = powers[h, token] * base
+    return hashes, powers
+
+
+@dataclass(frozen=True)
+class ByteVocab:
+    """One tokenizer's token bytes laid end to end, plus their hashes, for the kernel."""
+
+    data: np.ndarray  # uint8, every token's bytes concatenated
+    offsets: np.ndarray  # int64 [V + 1]: token i is data[offsets[i]:offsets[i + 1]]
+    hashes: np.ndarray  # uint64 [2, V]
+    powers: np.ndarray  # uint64 [2, V]
+
+    @classmethod
+    def from_table(cls, table: Sequence[bytes | None]) -> ByteVocab:
+        pieces = [piece or b"" for piece in table]
+        offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(piece) for piece in pieces])
+        data = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
+        return cls(data, offsets, *_token_hashes(data, offsets))
+
+
+@numba.njit(cache=True)
+def _spelled_prefix(ids, vocab_data, vocab_offsets, text, shift):  # pragma: no cover - compiled
+    """How many text bytes the token stream spells, after dropping `shift` leading bytes."""
+    matched, skipped = 0, 0
+    for token in ids:
+        for k in range(vocab_offsets[token], vocab_offsets[token + 1]):
+            if skipped < shift:
+                skipped += 1
+                continue
+            if matched >= len(text) or vocab_data[k] != text[matched]:
+                return matched
+            matched += 1
+    return matched
+
+
+@numba.njit(cache=True)
+def _stream_shift(ids, vocab_data, vocab_offsets, text):  # pragma: no cover - compiled
+    """(shift, agree): a SentencePiece dummy-prefix space is dropped when that makes the
+    stream spell more of the text; tokens past `agree` bytes cannot be paired."""
+    agree = _spelled_prefix(ids, vocab_data, vocab_offsets, text, 0)
+    if agree == len(text):
+        return 0, agree
+    first = -1
+    for token in ids:
+        if vocab_offsets[token + 1] > vocab_offsets[token]:
+            first = vocab_data[vocab_offsets[token]]
+            break
+    if first == 32:
+        agree_shifted = _spelled_prefix(ids, vocab_data, vocab_offsets, text, 1)
+        if agree_shifted > agree:
+            return 1, agree_shifted
+    return 0, agree
+
+
+@numba.njit(cache=True)
+def _text_hash(text):  # pragma: no cover - compiled
+    hashes, powers = np.zeros(2, dtype=np.uint64), np.ones(2, dtype=np.uint64)
+    for h in range(2):
+        base = HASH_BASES[h]
+        value, power = np.uint64(0), np.uint64(1)
+        for byte in text:
+            value = value * base + np.uint64(byte)
+            power = power * base
+        hashes[h], powers[h] = value, power
+    return hashes, powers
+
+
+@numba.njit(cache=True)
+def _check_stream(ids, data, offsets, hashes, powers, text, text_hash, text_power):  # pragma: no cover
+    """(shift, agree) as `_stream_shift`, decided by hashes in O(tokens) when the stream
+    spells the text exactly or after one dummy-prefix space."""
+    stream = np.zeros(2, dtype=np.uint64)
+    length, first = 0, -1
+    for token in ids:
+        if first < 0 and offsets[token + 1] > offsets[token]:
+            first = data[offsets[token]]
+        length += offsets[token + 1] - offsets[token]
+        for h in range(2):
+            stream[h] = stream[h] * powers[h, token] + hashes[h, token]
+    if length == len(text) and stream[0] == text_hash[0] and stream[1] == text_hash[1]:
+        return 0, len(text)
+    if length == len(text) + 1 and first == 32:
+        spaced = np.uint64(32) * text_power + text_hash
+        if stream[0] == spaced[0] and stream[1] == spaced[1]:
+            return 1, len(text)
+    return _stream_shift(ids, data, offsets, text)
+
+
+@numba.njit(cache=True)
+def _merge(
+    s_ids, s_data, s_offsets, s_hashes, s_powers, t_ids, t_data, t_offsets, t_hashes, t_powers, text, s_eos, t_eos, out
+):  # pragma: no cover - compiled
+    """Two-pointer merge of the two span streams; writes pairs to `out`, returns the count."""
+    text_hash, text_power = _text_hash(text)
+    s_shift, s_agree = _check_stream(s_ids, s_data, s_offsets, s_hashes, s_powers, text, text_hash, text_power)
+    t_shift, t_agree = _check_stream(t_ids, t_data, t_offsets, t_hashes, t_powers, text, text_hash, text_power)
+    n_pairs, i, j = 0, 0, 0
+    s_end, t_end = -s_shift, -t_shift
+    s_start, t_start = 0, 0
+    if len(s_ids):
+        s_start, s_end = s_end, s_end + s_offsets[s_ids[0] + 1] - s_offsets[s_ids[0]]
+    if len(t_ids):
+        t_start, t_end = t_end, t_end + t_offsets[t_ids[0] + 1] - t_offsets[t_ids[0]]
+    while i < len(s_ids) and j < len(t_ids):
+        s_live = s_end > max(s_start, 0) and s_end <= s_agree
+        t_live = t_end > max(t_start, 0) and t_end <= t_agree
+        if s_live and t_live and s_end == t_end and max(s_start, 0) == max(t_start, 0):
+            out[n_pairs, 0], out[n_pairs, 1] = i, j
+            n_pairs += 1
+        advance_s, advance_t = s_end <= t_end, t_end <= s_end
+        if advance_s:
+            i += 1
+            if i < len(s_ids):
+                s_start, s_end = s_end, s_end + s_offsets[s_ids[i] + 1] - s_offsets[s_ids[i]]
+        if advance_t:
+            j += 1
+            if j < len(t_ids):
+                t_start, t_end = t_end, t_end + t_offsets[t_ids[j] + 1] - t_offsets[t_ids[j]]
+    if len(s_ids) and len(t_ids) and s_ids[-1] == s_eos and t_ids[-1] == t_eos:
+        out[n_pairs, 0], out[n_pairs, 1] = len(s_ids) - 1, len(t_ids) - 1
+        n_pairs += 1
+    return n_pairs
+
+
+@numba.njit(cache=True)
+def _merge_all(s_ids, s_bounds, s_vocab, t_ids, t_bounds, t_vocab, text, text_bounds, s_eos, t_eos, out, counts):
+    written = 0  # pragma: no cover - compiled
+    for n in range(len(counts)):
+        counts[n] = _merge(
+            s_ids[s_bounds[n] : s_bounds[n + 1]],
+            s_vocab[0],
+            s_vocab[1],
+            s_vocab[2],
+            s_vocab[3],
+            t_ids[t_bounds[n] : t_bounds[n + 1]],
+            t_vocab[0],
+            t_vocab[1],
+            t_vocab[2],
+            t_vocab[3],
+            text[text_bounds[n] : text_bounds[n + 1]],
+            s_eos,
+            t_eos,
+            out[written:],
+        )
+        written += counts[n]
+    return written
+
+
+def _kernel_vocab(vocab: ByteVocab) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return vocab.data, vocab.offsets, vocab.hashes, vocab.powers
+
+
+def _flatten(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    bounds = np.zeros(len(sequences) + 1, dtype=np.int64)
+    bounds[1:] = np.cumsum([len(ids) for ids in sequences])
+    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in sequences]) if sequences else bounds[:0]
+    return ids, bounds
+
+
+def exact_pairs_batch(
+    student_sequences: Sequence[Sequence[int]],
+    teacher_sequences: Sequence[Sequence[int]],
+    texts: Sequence[bytes],
+    student_vocab: ByteVocab,
+    teacher_vocab: ByteVocab,
+    student_eos: int,
+    teacher_eos: int,
+) -> list[np.ndarray]:
+    """Exact alignment of many samples in one compiled, linear pass.
+
+    Token spans are taken in each sample's text. A SentencePiece dummy-prefix space is
+    absorbed into the first token, and tokens past the first byte where a stream stops
+    spelling the text (a normalizer rewrote it) are never paired. EOS pairs with EOS.
+    """
+    s_ids, s_bounds = _flatten(student_sequences)
+    t_ids, t_bounds = _flatten(teacher_sequences)
+    text = np.frombuffer(b"".join(texts), dtype=np.uint8)
+    text_bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+    text_bounds[1:] = np.cumsum([len(data) for data in texts])
+    out = np.empty((min(len(s_ids), len(t_ids)) + len(texts), 2), dtype=np.int64)
+    counts = np.zeros(len(texts), dtype=np.int64)
+    written = _merge_all(
+        s_ids,
+        s_bounds,
+        _kernel_vocab(student_vocab),
+        t_ids,
+        t_bounds,
+        _kernel_vocab(teacher_vocab),
+        text,
+        text_bounds,
+        student_eos,
+        teacher_eos,
+        out,
+        counts,
+    )
+    return np.split(out[:written], np.cumsum(counts)[:-1])
 
 
 def exact_pairs(
@@ -62,23 +259,14 @@ def exact_pairs(
 
     Spans are taken in `text` (the original text both tokenized); by default the text the
     student's tokens spell, as when the teacher tokenized the student's recovered text.
+    Convenience wrapper: hot paths build the ByteVocabs once and call exact_pairs_batch.
     """
     if text is None:
         text = byte_spans(student_ids, student_table)[2]
-    student_starts, student_ends = _text_spans(student_ids, student_table, text)
-    teacher_starts, teacher_ends = _text_spans(teacher_ids, teacher_table, text)
-    student_keep = np.flatnonzero(student_ends > student_starts)
-    teacher_keep = np.flatnonzero(teacher_ends > teacher_starts)
-    # non-empty spans have strictly increasing ends, so an end identifies a span
-    _, s_hit, t_hit = np.intersect1d(
-        student_ends[student_keep], teacher_ends[teacher_keep], assume_unique=True, return_indices=True
-    )
-    s_index, t_index = student_keep[s_hit], teacher_keep[t_hit]
-    same_start = student_starts[s_index] == teacher_starts[t_index]
-    pairs = np.stack([s_index[same_start], t_index[same_start]], axis=1)
-    if len(student_ids) and len(teacher_ids) and student_ids[-1] == student_eos and teacher_ids[-1] == teacher_eos:
-        pairs = np.concatenate([pairs, [[len(student_ids) - 1, len(teacher_ids) - 1]]])
-    return pairs.astype(np.int64)
+    student_vocab, teacher_vocab = ByteVocab.from_table(student_table), ByteVocab.from_table(teacher_table)
+    return exact_pairs_batch(
+        [student_ids], [teacher_ids], [text], student_vocab, teacher_vocab, student_eos, teacher_eos
+    )[0]
 
 
 def _strip_markers(tokens: Sequence[str]) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from axolotl_dskd.alignment import eta_strict_pairs, exact_pairs
+from axolotl_dskd.alignment import ByteVocab, eta_strict_pairs, exact_pairs_batch
 from axolotl_dskd.vocab import load_tokenizer, token_bytes_table
 
 IGNORE_INDEX = -100
@@ -68,10 +68,12 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
         if not self._state:
             teacher = load_tokenizer(self.teacher_tokenizer_path, None, self.teacher_trust_remote_code)
             probe = teacher("a")["input_ids"]
+            student_table, teacher_table = token_bytes_table(self.tokenizer), token_bytes_table(teacher)
             self._state.update(
                 teacher=teacher,
-                student_table=token_bytes_table(self.tokenizer),
-                teacher_table=token_bytes_table(teacher),
+                student_table=student_table,
+                student_vocab=ByteVocab.from_table(student_table),
+                teacher_vocab=ByteVocab.from_table(teacher_table),
                 teacher_prefix=probe[: probe.index(teacher("a", add_special_tokens=False)["input_ids"][0])],
                 teacher_pad=teacher.pad_token_id if teacher.pad_token_id is not None else teacher.eos_token_id,
             )
@@ -115,9 +117,16 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
                 self.tokenizer.eos_token,
                 state["teacher"].eos_token,
             )
-        return exact_pairs(
-            student_run, teacher_run, state["student_table"], state["teacher_table"], student_eos, teacher_eos
-        )
+        spelled = b"".join(state["student_table"][token] or b"" for token in student_run)
+        return exact_pairs_batch(
+            [student_run],
+            [teacher_run],
+            [spelled],
+            state["student_vocab"],
+            state["teacher_vocab"],
+            student_eos,
+            teacher_eos,
+        )[0]
 
     def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None) -> dict[str, Any]:
         if features and isinstance(features[0], list):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from axolotl_dskd.alignment import eta_strict_pairs, exact_pairs
+from axolotl_dskd.alignment import ByteVocab, eta_strict_pairs, exact_pairs_batch
 from axolotl_dskd.vocab import VocabBridge, token_bytes_table
 
 BUILTIN_TOKENIZERS = ("gpt-2", "llama-spm", "qwen2", "smollm2")
@@ -47,33 +47,47 @@ class AlignedText:
 
 
 class Aligner:
-    """Tokenizes texts with both tokenizers and pairs positions with the chosen alignment."""
+    """Tokenizes texts with both tokenizers and pairs positions with the chosen alignment.
+
+    Raw text is tokenized with special-token strings kept as text (split_special_tokens),
+    so a literal '<|im_end|>' in a document is not mistaken for markup.
+    """
 
     def __init__(self, student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, alignment: str) -> None:
         self.student, self.teacher, self.alignment = student, teacher, alignment
         self.student_table, self.teacher_table = token_bytes_table(student), token_bytes_table(teacher)
+        self.student_vocab = ByteVocab.from_table(self.student_table)
+        self.teacher_vocab = ByteVocab.from_table(self.teacher_table)
 
-    def align(self, text: str) -> AlignedText:
-        student_ids = self.student(text, add_special_tokens=False)["input_ids"]
-        teacher_ids = self.teacher(text, add_special_tokens=False)["input_ids"]
+    @staticmethod
+    def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def pairs(self, student_ids: list[list[int]], teacher_ids: list[list[int]], texts: list[str]) -> list[np.ndarray]:
         if self.alignment == "eta_strict":
-            pairs = eta_strict_pairs(
-                self.student.convert_ids_to_tokens(student_ids),
-                self.teacher.convert_ids_to_tokens(teacher_ids),
-                self.student.eos_token,
-                self.teacher.eos_token,
-            )
-        else:
-            pairs = exact_pairs(
-                student_ids,
-                teacher_ids,
-                self.student_table,
-                self.teacher_table,
-                self.student.eos_token_id,
-                self.teacher.eos_token_id,
-                text.encode("utf-8"),
-            )
-        return AlignedText(text, student_ids, teacher_ids, pairs)
+            return [
+                eta_strict_pairs(
+                    self.student.convert_ids_to_tokens(s_ids),
+                    self.teacher.convert_ids_to_tokens(t_ids),
+                    self.student.eos_token,
+                    self.teacher.eos_token,
+                )
+                for s_ids, t_ids in zip(student_ids, teacher_ids, strict=True)
+            ]
+        return exact_pairs_batch(
+            student_ids,
+            teacher_ids,
+            [text.encode("utf-8") for text in texts],
+            self.student_vocab,
+            self.teacher_vocab,
+            self.student.eos_token_id,
+            self.teacher.eos_token_id,
+        )
+
+    def align(self, texts: list[str]) -> list[AlignedText]:
+        student_ids, teacher_ids = self._encode(self.student, texts), self._encode(self.teacher, texts)
+        pairs = self.pairs(student_ids, teacher_ids, texts)
+        return [AlignedText(*fields) for fields in zip(texts, student_ids, teacher_ids, pairs, strict=True)]
 
     def render(self, aligned: AlignedText) -> str:
         """The student's tokens with every unaligned run marked ⟦like this⟧."""
@@ -94,7 +108,7 @@ class Aligner:
 
 
 def summarize(aligner: Aligner, texts: list[str]) -> tuple[dict[str, float | int], list[AlignedText]]:
-    aligned = [aligner.align(text) for text in texts]
+    aligned = aligner.align(texts)
     n_pairs = sum(len(item.pairs) for item in aligned)
     n_student = sum(len(item.student_ids) for item in aligned)
     n_teacher = sum(len(item.teacher_ids) for item in aligned)

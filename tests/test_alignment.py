@@ -136,3 +136,46 @@ def test_exact_keeps_aligning_after_a_newline_where_eta_strict_stops() -> None:
     teacher_table = [_token_bytes(t, byte_level=False) for t in teacher_tokens[:-1]] + [None]
     pairs = exact_pairs(range(5), range(5), student_table, teacher_table, student_eos=4, teacher_eos=4)
     assert pairs.tolist() == [[0, 0], [1, 1], [2, 2], [3, 3], [4, 4]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(texts=st.lists(TEXT, min_size=1, max_size=6))
+def test_batch_exact_equals_one_by_one(pair, texts: list[str]) -> None:
+    from axolotl_dskd.alignment import ByteVocab, exact_pairs_batch
+
+    big, small, big_table, small_table = pair
+    student = [big(text, add_special_tokens=False)["input_ids"] + [big.eos_token_id] for text in texts]
+    teacher = [small(text, add_special_tokens=False)["input_ids"] + [small.eos_token_id] for text in texts]
+    data = [text.encode() for text in texts]
+    batch = exact_pairs_batch(
+        student,
+        teacher,
+        data,
+        ByteVocab.from_table(big_table),
+        ByteVocab.from_table(small_table),
+        big.eos_token_id,
+        small.eos_token_id,
+    )
+    for s_ids, t_ids, text, got in zip(student, teacher, data, batch, strict=True):
+        expected = exact_pairs(s_ids, t_ids, big_table, small_table, big.eos_token_id, small.eos_token_id, text)
+        assert got.tolist() == expected.tolist()
+
+
+def test_nothing_pairs_past_the_byte_where_a_stream_stops_spelling_the_text() -> None:
+    from axolotl_dskd.alignment import ByteVocab, exact_pairs_batch
+
+    student_table = [b"ab", b"c", b"d", None]
+    teacher_table = [b"a", b"b", b"cX", b"d", None]  # 'cX': a normalizer rewrote the text
+    student, teacher = [[0, 1, 2, 3], [0, 1]], [[0, 1, 2, 3, 4], [0, 1]]
+    texts = [b"abcd", b"abc"]
+    got = exact_pairs_batch(
+        student,
+        teacher,
+        texts,
+        ByteVocab.from_table(student_table),
+        ByteVocab.from_table(teacher_table),
+        3,
+        4,
+    )
+    assert got[0].tolist() == [[3, 4]]  # nothing pairs after the first differing byte; EOS still does
+    assert got[1].tolist() == []  # 'ab' + 'c' vs 'a' + 'b': no identical span
