@@ -2,7 +2,8 @@
 
 Teacher: SmolLM2-135M-Instruct (30 layers). Student: its first 8 layers, LoRA r=16 on
 every linear layer (the demo's setup) or full fine-tuning (--full). Prints the median
-time of each step kind and their ratio, plus where the DSKD step's time goes.
+time of each step kind and their ratio, where the DSKD step's time goes, and what
+collating the batch costs, including the cross-tokenizer collator (teacher: Qwen2).
 
     python benchmarks/step_time.py [--batch 4] [--repeats 5] [--full]
 """
@@ -17,11 +18,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from axolotl.utils.collators.batching import DataCollatorForSeq2Seq  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from axolotl_dskd import assets  # noqa: E402
 from axolotl_dskd.cli import DEMO_STUDENT_LAYERS  # noqa: E402
+from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.loss import LossConfig  # noqa: E402
 from axolotl_dskd.step import DistillationStep  # noqa: E402
 from axolotl_dskd.teacher import last_hidden_state, output_head  # noqa: E402
@@ -43,6 +46,11 @@ def batch(tokenizer, size: int) -> dict[str, torch.Tensor]:
         "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded]),
         "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in encoded]),
     }
+
+
+def reference_tokenizer_dir(name: str):
+    assets.reference_tokenizer(name)
+    return assets.cache_dir() / "tokenizers" / name
 
 
 def timed(fn, repeats: int) -> float:
@@ -93,6 +101,21 @@ def main() -> None:
         out.hidden_states[-1].sum().backward()
         student.zero_grad(set_to_none=True)
 
+    features = [
+        {"input_ids": ids[mask].tolist(), "attention_mask": [1] * int(mask.sum()), "labels": labels[mask].tolist()}
+        for ids, mask, labels in zip(
+            inputs["input_ids"], inputs["attention_mask"].bool(), inputs["labels"], strict=True
+        )
+    ]
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    collators = {
+        "plain (same vocabulary)": DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt"),
+        "cross-tokenizer to Qwen2": DSKDCrossTokenizerCollator(
+            tokenizer, padding=True, return_tensors="pt", teacher_tokenizer_path=str(reference_tokenizer_dir("qwen2"))
+        ),
+    }
+    collate_times = {name: timed(lambda c=collator: c(features), args.repeats) for name, collator in collators.items()}
+
     sft_time = timed(sft, args.repeats)
     dskd_time = timed(dskd, args.repeats)
     teacher_time = timed(teacher_forward, args.repeats)
@@ -108,6 +131,8 @@ def main() -> None:
     print(f"  student body fwd+bwd           {body_time:8.3f} s  ({body_time / dskd_time:5.1%})")
     print(f"  loss, projectors, heads        {rest:8.3f} s  ({rest / dskd_time:5.1%})")
     print(f"ratio DSKD / SFT step time: {dskd_time / sft_time:.2f}x")
+    for name, seconds in collate_times.items():
+        print(f"collation, {name:26s} {seconds * 1000:8.1f} ms  ({seconds / dskd_time:6.2%} of the DSKD step)")
 
 
 if __name__ == "__main__":
