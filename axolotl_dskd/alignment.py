@@ -203,7 +203,7 @@ def _kernel_vocab(vocab: ByteVocab) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 def _flatten(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     bounds = np.zeros(len(sequences) + 1, dtype=np.int64)
     bounds[1:] = np.cumsum([len(ids) for ids in sequences])
-    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in sequences]) if sequences else bounds[:0]
+    ids = np.concatenate(sequences).astype(np.int64, copy=False) if len(sequences) else bounds[:0]
     return ids, bounds
 
 
