@@ -46,6 +46,7 @@ class DSKDArgs(BaseModel):
     dskd_teacher_trust_remote_code: bool = False
     dskd_teacher_tokenizer: str | None = None
     dskd_alignment: str = "exact"
+    dskd_teacher_chat_template: bool = False
 
     dskd_method: str = "dskd"
     dskd_kd_ratio: float = 0.5
@@ -131,6 +132,11 @@ def check_vocabularies(cfg: Any) -> None:
     if not (getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)):
         return
     if not cross_tokenizer(cfg):
+        if cfg.dskd_teacher_chat_template:
+            raise DSKDConfigError(
+                "dskd_teacher_chat_template: the teacher shares the student's tokenizer and reads the student's "
+                "tokens as they are; remove the key (or set dskd_teacher_tokenizer to another tokenizer)"
+            )
         return
     if cfg.dskd_method != "dskd":
         raise DSKDConfigError(

@@ -8,6 +8,9 @@ tokenizer, and the trained runs are aligned token by token. The batch gains:
 - `teacher_input_ids`, `teacher_attention_mask`, `teacher_labels` (teacher pad id / -100);
 - `dskd_pairs` [pairs, 3]: (row, student label position, teacher label position), in
   the causal-shift coordinates of `labels[:, 1:]`.
+
+Rows of an `axolotl_dskd.chat_template` dataset already carry the teacher's own rendering
+(`teacher_input_ids`, `teacher_labels`); then only the alignment is done here.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from axolotl_dskd.vocab import load_tokenizer, token_bytes_table
 
 IGNORE_INDEX = -100
 TEACHER_FIELDS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "dskd_pairs")
+TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # rows of an axolotl_dskd.chat_template dataset
 
 
 @dataclass
@@ -108,6 +112,27 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
         all_pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
         return TeacherRow(teacher_ids, teacher_labels, all_pairs)
 
+    def rendered_teacher_row(
+        self, input_ids: list[int], labels: list[int], teacher_ids: list[int], teacher_labels: list[int]
+    ) -> TeacherRow:
+        """The teacher already tokenized the conversation with its own chat template: pair
+        the k-th trained run (assistant turn) of each side and align inside it."""
+        state = self._setup()
+        student_runs = [run for run in _runs(labels) if run[2]]
+        teacher_runs = [run for run in _runs(teacher_labels) if run[2]]
+        if len(student_runs) != len(teacher_runs):
+            raise ValueError(
+                f"dskd_teacher_chat_template: the student's template trains {len(student_runs)} spans of this row "
+                f"and the teacher's {len(teacher_runs)}; use templates that train the same assistant turns"
+            )
+        pairs = []
+        for (s_start, s_end, _), (t_start, t_end, _) in zip(student_runs, teacher_runs, strict=True):
+            run_pairs = self._align(input_ids[s_start:s_end], teacher_ids[t_start:t_end], state)
+            run_pairs = run_pairs + [s_start, t_start] - 1
+            pairs.append(run_pairs[(run_pairs >= 0).all(axis=1)])
+        all_pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
+        return TeacherRow(list(teacher_ids), list(teacher_labels), all_pairs)
+
     def _align(self, student_run: list[int], teacher_run: list[int], state: dict[str, Any]) -> np.ndarray:
         student_eos, teacher_eos = self.tokenizer.eos_token_id, state["teacher"].eos_token_id
         if self.alignment == "eta_strict":
@@ -131,7 +156,16 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
     def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None) -> dict[str, Any]:
         if features and isinstance(features[0], list):
             raise ValueError("sample_packing: packed batches are not supported by axolotl_dskd; set it to false")
-        rows = [self.teacher_row(list(f["input_ids"]), list(f["labels"])) for f in features]
+        if features and "teacher_input_ids" in features[0]:
+            rows = [
+                self.rendered_teacher_row(
+                    list(f["input_ids"]), list(f["labels"]), list(f["teacher_input_ids"]), list(f["teacher_labels"])
+                )
+                for f in features
+            ]
+            features = [{k: v for k, v in f.items() if k not in TEACHER_COLUMNS} for f in features]
+        else:
+            rows = [self.teacher_row(list(f["input_ids"]), list(f["labels"])) for f in features]
         batch = super().__call__(features, return_tensors)
         width = max(len(row.input_ids) for row in rows)
         if self.pad_to_multiple_of:

@@ -19,6 +19,18 @@ class DSKDPlugin(BasePlugin):
         super().__init__()
         self._trainer: Any = None
 
+    def register(self, cfg: Any) -> None:
+        """With dskd_teacher_chat_template, chat_template datasets also render the teacher's view."""
+        if not cfg.get("dskd_teacher_chat_template"):
+            return
+        for index, dataset in enumerate(cfg.get("datasets") or []):
+            if dataset.get("type") != "chat_template":
+                raise ValueError(
+                    f"dskd_teacher_chat_template: needs `type: chat_template` datasets; "
+                    f"datasets[{index}] has type {dataset.get('type')!r}"
+                )
+            dataset["type"] = "axolotl_dskd.chat_template"
+
     def get_input_args(self) -> str:
         return "axolotl_dskd.args.DSKDArgs"
 

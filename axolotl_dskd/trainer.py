@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from axolotl_dskd.collator import TEACHER_COLUMNS
 from axolotl_dskd.divergences import DivergenceConfig
 from axolotl_dskd.loss import LossConfig
 from axolotl_dskd.step import DistillationStep
@@ -89,6 +90,11 @@ class DSKDTrainer(AxolotlTrainer):
         )
         if self.distill.t2s_projector is not None:
             self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
+
+    def _set_signature_columns_if_needed(self):
+        """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""
+        super()._set_signature_columns_if_needed()
+        self._signature_columns += [c for c in TEACHER_COLUMNS if c not in self._signature_columns]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student_head = output_head(self.accelerator.unwrap_model(model))

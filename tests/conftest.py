@@ -11,7 +11,7 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny import build_llama, build_tokenizer, gsm_texts_and_data  # noqa: E402
+from tests.tiny import STUDENT_TEMPLATE, TEACHER_TEMPLATE, build_llama, build_tokenizer, gsm_texts_and_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,11 +22,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     The teacher's head has 16 padded rows beyond the tokenizer, like Qwen2.5-7B vs 1.5B.
     """
     root = tmp_path_factory.mktemp("tiny")
-    texts, data = gsm_texts_and_data(root, size=48)
-    tokenizer = build_tokenizer(texts, root / "tokenizer")
+    texts, data, chat_data = gsm_texts_and_data(root, size=48)
+    tokenizer = build_tokenizer(texts, root / "tokenizer", chat_template=STUDENT_TEMPLATE)
     build_llama(root / "teacher", tokenizer, hidden=64, layers=3, seed=1, extra_rows=16, train_on=texts)
     build_llama(root / "student", tokenizer, hidden=32, layers=2, seed=2)
-    teacher_tokenizer = build_tokenizer(texts[::-1][:24], root / "cross_tokenizer", vocab_size=500)
+    teacher_tokenizer = build_tokenizer(
+        texts[::-1][:24], root / "cross_tokenizer", vocab_size=500, chat_template=TEACHER_TEMPLATE
+    )
     build_llama(root / "cross_teacher", teacher_tokenizer, hidden=48, layers=3, seed=3, train_on=texts)
     return SimpleNamespace(
         root=root,
@@ -34,6 +36,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         teacher=root / "teacher",
         student=root / "student",
         data=data,
+        chat_data=chat_data,
         teacher_tokenizer=teacher_tokenizer,
         cross_teacher=root / "cross_teacher",
     )

@@ -135,3 +135,21 @@ def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> Non
     assert not unknown, unknown
     check_settings(DSKDArgs.model_construct(**{key: cfg[key] for key in cfg if key in DSKD_KEYS}))
     assert not cfg.get("sample_packing")
+
+
+def test_teacher_chat_template_with_a_shared_tokenizer_is_rejected(tiny, tmp_path) -> None:
+    message = _error(tiny, tmp_path, dskd_teacher_chat_template=True)
+    assert "dskd_teacher_chat_template: the teacher shares the student's tokenizer" in message
+
+
+def test_teacher_chat_template_needs_chat_template_datasets() -> None:
+    from axolotl.utils.dict import DictDefault
+
+    from axolotl_dskd import DSKDPlugin
+
+    cfg = DictDefault(dskd_teacher_chat_template=True, datasets=[{"path": "x.jsonl", "type": "alpaca"}])
+    with pytest.raises(ValueError, match=r"needs `type: chat_template` datasets; datasets\[0\] has type 'alpaca'"):
+        DSKDPlugin().register(cfg)
+    chat = DictDefault(dskd_teacher_chat_template=True, datasets=[{"path": "x.jsonl", "type": "chat_template"}])
+    DSKDPlugin().register(chat)
+    assert chat.datasets[0]["type"] == "axolotl_dskd.chat_template"

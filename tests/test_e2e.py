@@ -153,3 +153,24 @@ def test_cross_tokenizer_eta_strict_alignment_runs(tiny, tmp_path) -> None:
     run_dir = _train(PYTHON_M, cfg, tmp_path)
     history = json.loads((run_dir / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     assert all(0.0 < entry["align_ratio"] < 1.0 for entry in history if "loss" in entry)
+
+
+def test_teacher_renders_conversations_with_its_own_chat_template(tiny, tmp_path) -> None:
+    cfg = lora(base_config(tiny.student, tiny.cross_teacher, tiny.chat_data, tmp_path))
+    cfg |= {
+        "datasets": [
+            {
+                "path": str(tiny.chat_data),
+                "type": "chat_template",
+                "ds_type": "json",
+                "field_messages": "messages",
+                "chat_template": "tokenizer_default",
+            }
+        ],
+        "dskd_teacher_chat_template": True,
+        "max_steps": 3,
+        "save_steps": 3,
+    }
+    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    history = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert all(0.2 < entry["align_ratio"] <= 1.0 for entry in history if "loss" in entry), history

@@ -16,9 +16,19 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from axolotl_dskd.assets import gsm_symbolic_rows, write_jsonl
 
 EOS = "<|endoftext|>"
+STUDENT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}### User:\n{{ m['content'] }}\n"
+    "{% else %}### Assistant:\n{{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
+)
+TEACHER_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]\n"
+    "{% else %}{{ m['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}"
+)
 
 
-def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 800) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    texts: list[str], out_dir: Path, vocab_size: int = 800, chat_template: str | None = None
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on `texts`, saved as a normal HF tokenizer folder."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -30,6 +40,7 @@ def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 800) -> P
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=EOS
     )
+    tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(out_dir)
     return tokenizer
 
@@ -131,7 +142,12 @@ def run_cli(args: list[str], cfg: dict[str, Any], workdir: Path, timeout: int = 
     )
 
 
-def gsm_texts_and_data(out_dir: Path, size: int) -> tuple[list[str], Path]:
+def gsm_texts_and_data(out_dir: Path, size: int) -> tuple[list[str], Path, Path]:
+    """Texts for tokenizer training, an alpaca file and a chat (messages) file of the same rows."""
     rows = gsm_symbolic_rows(size=size, seed=1234)
     texts = [row["instruction"] + "\n" + row["output"] for row in rows]
-    return texts, write_jsonl(rows, out_dir / "gsm.jsonl")
+    chats = [
+        {"messages": [{"role": "user", "content": row["instruction"]}, {"role": "assistant", "content": row["output"]}]}
+        for row in rows
+    ]
+    return texts, write_jsonl(rows, out_dir / "gsm.jsonl"), write_jsonl(chats, out_dir / "gsm_chat.jsonl")
