@@ -15,16 +15,19 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.reference_eta
 
 import numpy as np  # noqa: E402
 
 from axolotl_dskd import assets  # noqa: E402
 from axolotl_dskd.alignment import exact_pairs_batch  # noqa: E402
 from axolotl_dskd.coverage import Aligner, load_named_tokenizer  # noqa: E402
+from tests.reference_eta import paper_eta  # noqa: E402
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 
@@ -87,26 +90,6 @@ def coverage(tokenizers: dict, texts: list[str]) -> None:
             f"{student:>10} {teacher:>10} {oracle:8.3f} {fractions['exact']:8.3f} "
             f"{fractions['eta_strict']:10.3f} {ratio:9.1f}x"
         )
-
-
-def paper_eta(tea_tokens: list[str], stu_tokens: list[str], tea_eos: str, stu_eos: str) -> list[tuple[int, int]]:
-    """The greedy ETA of the method doc, written the straightforward way."""
-    T = [t.replace("▁", "").replace("Ġ", "") for t in tea_tokens]
-    S = [s.replace("▁", "").replace("Ġ", "") for s in stu_tokens]
-    i = j = 0
-    hist_t = hist_s = ""
-    pairs = []
-    while i < len(T) and j < len(S):
-        if hist_t == hist_s and (T[i] == S[j] or (T[i] == tea_eos and S[j] == stu_eos)):
-            pairs.append((i, j))
-            hist_t, hist_s, i, j = hist_t + T[i], hist_s + S[j], i + 1, j + 1
-        elif len(hist_t) > len(hist_s):
-            hist_s, j = hist_s + S[j], j + 1
-        elif len(hist_t) < len(hist_s):
-            hist_t, i = hist_t + T[i], i + 1
-        else:
-            hist_t, hist_s, i, j = hist_t + T[i], hist_s + S[j], i + 1, j + 1
-    return pairs
 
 
 def speed(tokenizers: dict, texts: list[str], million: float) -> None:

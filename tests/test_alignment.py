@@ -9,36 +9,8 @@ from hypothesis import strategies as st
 
 from axolotl_dskd.alignment import byte_spans, eta_strict_pairs, exact_pairs
 from axolotl_dskd.vocab import token_bytes_table
+from tests.reference_eta import paper_eta
 from tests.tiny import build_tokenizer
-
-
-def _reference_eta(tea_tokens, stu_tokens, tea_eos, stu_eos):
-    """The method doc's pseudocode, literally (string histories)."""
-    T = [t.replace("▁", "").replace("Ġ", "") for t in tea_tokens]
-    S = [s.replace("▁", "").replace("Ġ", "") for s in stu_tokens]
-    tea_eos, stu_eos = tea_eos.replace("▁", "").replace("Ġ", ""), stu_eos.replace("▁", "").replace("Ġ", "")
-    i = j = 0
-    hist_t = hist_s = ""
-    pairs = []
-    while i < len(T) and j < len(S):
-        if hist_t == hist_s and (T[i] == S[j] or (T[i] == tea_eos and S[j] == stu_eos)):
-            pairs.append((j, i))
-            hist_t += T[i]
-            hist_s += S[j]
-            i += 1
-            j += 1
-        elif len(hist_t) > len(hist_s):
-            hist_s += S[j]
-            j += 1
-        elif len(hist_t) < len(hist_s):
-            hist_t += T[i]
-            i += 1
-        else:
-            hist_t += T[i]
-            hist_s += S[j]
-            i += 1
-            j += 1
-    return pairs
 
 
 def _oracle(student_ids, teacher_ids, student_table, teacher_table):
@@ -119,9 +91,8 @@ def test_eta_strict_matches_the_papers_algorithm(pair, text: str) -> None:
     student_tokens = big.convert_ids_to_tokens(big(text, add_special_tokens=False)["input_ids"]) + [big.eos_token]
     teacher_tokens = small.convert_ids_to_tokens(small(text, add_special_tokens=False)["input_ids"]) + [small.eos_token]
     pairs = eta_strict_pairs(student_tokens, teacher_tokens, big.eos_token, small.eos_token)
-    assert [tuple(p) for p in pairs.tolist()] == _reference_eta(
-        teacher_tokens, student_tokens, small.eos_token, big.eos_token
-    )
+    expected = paper_eta(teacher_tokens, student_tokens, small.eos_token, big.eos_token)
+    assert [tuple(p) for p in pairs.tolist()] == [(s, t) for t, s in expected]
     assert np.all(np.diff(pairs, axis=0) > 0)
 
 
