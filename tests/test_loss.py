@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from axolotl_dskd.divergences import DIVERGENCES, DivergenceConfig, divergence
 from axolotl_dskd.loss import Heads, LossConfig, combine, loss_sums
 from axolotl_dskd.projectors import T2SProjector
+from tests.reference_loss import reference_dskd
 
 ROWS, D_S, D_T, V_S, V_T, REAL_VOCAB = 13, 6, 10, 30, 34, 30
 
@@ -22,26 +23,6 @@ def _setup(seed: int = 0):
     s2t_weight = torch.randn(D_T, D_S)
     heads = Heads(student_head, teacher_head, REAL_VOCAB, REAL_VOCAB, projector, s2t_weight)
     return student_hidden, teacher_hidden, labels, heads
-
-
-def _reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg: LossConfig) -> torch.Tensor:
-    """DSKDv2, method doc section 2, written with full logits for every row at once."""
-    z_s = student_hidden @ heads.student_head.T
-    z_t = teacher_hidden @ heads.teacher_head.T
-    teacher_pred = z_t[:, :REAL_VOCAB].argmax(-1)
-    z_t2s = heads.t2s_projector(teacher_hidden) @ heads.student_head.detach().T
-    agree = (z_t2s[:, :REAL_VOCAB].argmax(-1) == teacher_pred).float()
-    t2s_kd = divergence(z_t2s.detach(), z_s, cfg.divergence)
-    if cfg.agreement_mask:
-        t2s_kd = t2s_kd * agree
-    z_s2t = (student_hidden @ heads.s2t_weight.T) @ heads.teacher_head.T
-    kd = (
-        F.cross_entropy(z_t2s, teacher_pred, reduction="sum")
-        + t2s_kd.sum()
-        + divergence(z_t, z_s2t, cfg.divergence).sum()
-    )
-    ce = F.cross_entropy(z_s, labels, reduction="sum")
-    return (1 - cfg.kd_ratio) * ce + cfg.kd_ratio * kd
 
 
 def _reference_vanilla(student_hidden, teacher_hidden, labels, heads, cfg: LossConfig) -> torch.Tensor:
@@ -61,7 +42,7 @@ def test_chunked_dskd_matches_reference(name: str, chunk_size: int) -> None:
     student_hidden, teacher_hidden, labels, heads = _setup()
     cfg = LossConfig(kd_ratio=0.3, divergence=DivergenceConfig(name=name), chunk_size=chunk_size)
     trained = [student_hidden, heads.student_head, heads.t2s_projector.weight]
-    expected = _reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
+    expected = reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
     got = combine(loss_sums(student_hidden, teacher_hidden, labels, heads, cfg)[0], cfg)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
     for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
@@ -72,7 +53,7 @@ def test_chunked_dskd_matches_reference(name: str, chunk_size: int) -> None:
 def test_agreement_mask_switch(agreement_mask: bool) -> None:
     student_hidden, teacher_hidden, labels, heads = _setup(seed=3)
     cfg = LossConfig(agreement_mask=agreement_mask, chunk_size=5)
-    expected = _reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
+    expected = reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
     got = combine(loss_sums(student_hidden, teacher_hidden, labels, heads, cfg)[0], cfg)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -142,3 +123,22 @@ def test_cross_tokenizer_pairs_match_reference(chunk_size: int) -> None:
     for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
         assert torch.allclose(got_grad, expected_grad, atol=1e-5, rtol=1e-5)
     assert counts[:2].tolist() == [ROWS, 8]
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_chunked_dskd_matches_reference_in_bf16(name: str) -> None:
+    """The loss (an fp32 sum) matches to 1e-5. Gradients of bf16 tensors are bf16 numbers
+    (epsilon 7.8e-3) summed over chunks in another order, so they match to 2 bf16 ulps."""
+    student_hidden, teacher_hidden, labels, heads = _setup(seed=5)
+    student_hidden = student_hidden.detach().bfloat16().requires_grad_(True)
+    teacher_hidden = teacher_hidden.bfloat16()
+    heads.student_head = torch.nn.Parameter(heads.student_head.detach().bfloat16())
+    heads.teacher_head = heads.teacher_head.bfloat16()
+    cfg = LossConfig(divergence=DivergenceConfig(name=name), chunk_size=4)
+    trained = [student_hidden, heads.student_head, heads.t2s_projector.weight]
+    expected = reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
+    got = combine(loss_sums(student_hidden, teacher_hidden, labels, heads, cfg)[0], cfg)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
+        two_ulps = 2 * torch.finfo(got_grad.dtype).eps
+        assert torch.allclose(got_grad.float(), expected_grad.float(), atol=two_ulps * 0.1, rtol=two_ulps)
