@@ -104,34 +104,33 @@ def _stream_shift(ids, vocab_data, vocab_offsets, text):  # pragma: no cover - c
 
 @numba.njit(cache=True)
 def _text_hash(text):  # pragma: no cover - compiled
-    hashes, powers = np.zeros(2, dtype=np.uint64), np.ones(2, dtype=np.uint64)
-    for h in range(2):
-        base = HASH_BASES[h]
-        value, power = np.uint64(0), np.uint64(1)
-        for byte in text:
-            value = value * base + np.uint64(byte)
-            power = power * base
-        hashes[h], powers[h] = value, power
-    return hashes, powers
+    """(hash, base ** length) of the text's bytes for both bases, as four scalars."""
+    base_a, base_b = HASH_BASES
+    hash_a, hash_b, power_a, power_b = np.uint64(0), np.uint64(0), np.uint64(1), np.uint64(1)
+    for byte in text:
+        hash_a, hash_b = hash_a * base_a + np.uint64(byte), hash_b * base_b + np.uint64(byte)
+        power_a, power_b = power_a * base_a, power_b * base_b
+    return hash_a, hash_b, power_a, power_b
 
 
 @numba.njit(cache=True)
-def _check_stream(ids, data, offsets, hashes, powers, text, text_hash, text_power):  # pragma: no cover
+def _check_stream(ids, data, offsets, hashes, powers, text, text_hash):  # pragma: no cover - compiled
     """(shift, agree) as `_stream_shift`, decided by hashes in O(tokens) when the stream
     spells the text exactly or after one dummy-prefix space."""
-    stream = np.zeros(2, dtype=np.uint64)
+    hash_a, hash_b, power_a, power_b = text_hash
+    stream_a, stream_b = np.uint64(0), np.uint64(0)
     length, first = 0, -1
     for token in ids:
         if first < 0 and offsets[token + 1] > offsets[token]:
             first = data[offsets[token]]
         length += offsets[token + 1] - offsets[token]
-        for h in range(2):
-            stream[h] = stream[h] * powers[h, token] + hashes[h, token]
-    if length == len(text) and stream[0] == text_hash[0] and stream[1] == text_hash[1]:
+        stream_a = stream_a * powers[0, token] + hashes[0, token]
+        stream_b = stream_b * powers[1, token] + hashes[1, token]
+    if length == len(text) and stream_a == hash_a and stream_b == hash_b:
         return 0, len(text)
+    space = np.uint64(32)
     if length == len(text) + 1 and first == 32:
-        spaced = np.uint64(32) * text_power + text_hash
-        if stream[0] == spaced[0] and stream[1] == spaced[1]:
+        if stream_a == space * power_a + hash_a and stream_b == space * power_b + hash_b:
             return 1, len(text)
     return _stream_shift(ids, data, offsets, text)
 
@@ -141,9 +140,9 @@ def _merge(
     s_ids, s_data, s_offsets, s_hashes, s_powers, t_ids, t_data, t_offsets, t_hashes, t_powers, text, s_eos, t_eos, out
 ):  # pragma: no cover - compiled
     """Two-pointer merge of the two span streams; writes pairs to `out`, returns the count."""
-    text_hash, text_power = _text_hash(text)
-    s_shift, s_agree = _check_stream(s_ids, s_data, s_offsets, s_hashes, s_powers, text, text_hash, text_power)
-    t_shift, t_agree = _check_stream(t_ids, t_data, t_offsets, t_hashes, t_powers, text, text_hash, text_power)
+    text_hash = _text_hash(text)
+    s_shift, s_agree = _check_stream(s_ids, s_data, s_offsets, s_hashes, s_powers, text, text_hash)
+    t_shift, t_agree = _check_stream(t_ids, t_data, t_offsets, t_hashes, t_powers, text, text_hash)
     n_pairs, i, j = 0, 0, 0
     s_end, t_end = -s_shift, -t_shift
     s_start, t_start = 0, 0
