@@ -20,12 +20,21 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
 def student_and_teacher_tokenizers(cfg: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
     """The two tokenizers named by an Axolotl config (tokenizer_config or base_model; the
     dskd_teacher_tokenizer or the teacher model's)."""
-    from axolotl_dskd.args import teacher_tokenizer_path
+    from axolotl_dskd.args import DSKDConfigError, teacher_tokenizer_path
 
     student_path = getattr(cfg, "tokenizer_config", None) or cfg.base_model
     student = load_tokenizer(student_path, None, bool(getattr(cfg, "trust_remote_code", False)))
+    teacher_key = "dskd_teacher_tokenizer" if cfg.dskd_teacher_tokenizer else "dskd_teacher_model"
     teacher_revision = None if cfg.dskd_teacher_tokenizer else cfg.dskd_teacher_revision
-    teacher = load_tokenizer(teacher_tokenizer_path(cfg), teacher_revision, bool(cfg.dskd_teacher_trust_remote_code))
+    try:
+        teacher = load_tokenizer(
+            teacher_tokenizer_path(cfg), teacher_revision, bool(cfg.dskd_teacher_trust_remote_code)
+        )
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DSKDConfigError(
+            f"{teacher_key}: cannot load a tokenizer from {teacher_tokenizer_path(cfg)!r} ({first_line})"
+        ) from error
     return student, teacher
 
 

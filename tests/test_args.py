@@ -153,3 +153,8 @@ def test_teacher_chat_template_needs_chat_template_datasets() -> None:
     chat = DictDefault(dskd_teacher_chat_template=True, datasets=[{"path": "x.jsonl", "type": "chat_template"}])
     DSKDPlugin().register(chat)
     assert chat.datasets[0]["type"] == "axolotl_dskd.chat_template"
+
+
+def test_teacher_tokenizer_that_cannot_load_names_the_key(tiny, tmp_path) -> None:
+    message = _error(tiny, tmp_path, dskd_teacher_tokenizer=str(tmp_path / "missing"))
+    assert f"dskd_teacher_tokenizer: cannot load a tokenizer from '{tmp_path / 'missing'}'" in message
