@@ -37,7 +37,7 @@ HASH_BASES = (np.uint64(1_000_003), np.uint64(0x100000001B3))
 
 
 @numba.njit(cache=True)
-def _token_hashes(data, offsets):  # pragma: no cover - compiled
+def _token_hashes(data, offsets):
     """Per base and token: Horner hash of its bytes and base ** length, mod 2**64."""
     hashes = np.zeros((2, len(offsets) - 1), dtype=np.uint64)
     powers = np.ones((2, len(offsets) - 1), dtype=np.uint64)
@@ -69,7 +69,7 @@ class ByteVocab:
 
 
 @numba.njit(cache=True)
-def _spelled_prefix(ids, vocab_data, vocab_offsets, text, shift):  # pragma: no cover - compiled
+def _spelled_prefix(ids, vocab_data, vocab_offsets, text, shift):
     """How many text bytes the token stream spells, after dropping `shift` leading bytes."""
     matched, skipped = 0, 0
     for token in ids:
@@ -84,7 +84,7 @@ def _spelled_prefix(ids, vocab_data, vocab_offsets, text, shift):  # pragma: no 
 
 
 @numba.njit(cache=True)
-def _stream_shift(ids, vocab_data, vocab_offsets, text):  # pragma: no cover - compiled
+def _stream_shift(ids, vocab_data, vocab_offsets, text):
     """(shift, agree): a SentencePiece dummy-prefix space is dropped when that makes the
     stream spell more of the text; tokens past `agree` bytes cannot be paired."""
     agree = _spelled_prefix(ids, vocab_data, vocab_offsets, text, 0)
@@ -103,7 +103,7 @@ def _stream_shift(ids, vocab_data, vocab_offsets, text):  # pragma: no cover - c
 
 
 @numba.njit(cache=True)
-def _text_hash(text):  # pragma: no cover - compiled
+def _text_hash(text):
     """(hash, base ** length) of the text's bytes for both bases, as four scalars."""
     base_a, base_b = HASH_BASES
     hash_a, hash_b, power_a, power_b = np.uint64(0), np.uint64(0), np.uint64(1), np.uint64(1)
@@ -114,7 +114,7 @@ def _text_hash(text):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def _check_stream(ids, data, offsets, hashes, powers, text, text_hash):  # pragma: no cover - compiled
+def _check_stream(ids, data, offsets, hashes, powers, text, text_hash):
     """(shift, agree) as `_stream_shift`, decided by hashes in O(tokens) when the stream
     spells the text exactly or after one dummy-prefix space."""
     hash_a, hash_b, power_a, power_b = text_hash
@@ -138,7 +138,7 @@ def _check_stream(ids, data, offsets, hashes, powers, text, text_hash):  # pragm
 @numba.njit(cache=True)
 def _merge(
     s_ids, s_data, s_offsets, s_hashes, s_powers, t_ids, t_data, t_offsets, t_hashes, t_powers, text, s_eos, t_eos, out
-):  # pragma: no cover - compiled
+):
     """Two-pointer merge of the two span streams; writes pairs to `out`, returns the count."""
     text_hash = _text_hash(text)
     s_shift, s_agree = _check_stream(s_ids, s_data, s_offsets, s_hashes, s_powers, text, text_hash)
@@ -173,7 +173,8 @@ def _merge(
 
 @numba.njit(cache=True)
 def _merge_all(s_ids, s_bounds, s_vocab, t_ids, t_bounds, t_vocab, text, text_bounds, s_eos, t_eos, out, counts):
-    written = 0  # pragma: no cover - compiled
+    """`_merge` for every sample of the flattened batch; pairs are written back to back."""
+    written = 0
     for n in range(len(counts)):
         counts[n] = _merge(
             s_ids[s_bounds[n] : s_bounds[n + 1]],
