@@ -147,3 +147,8 @@ def check_vocabularies(cfg: Any) -> None:
 
 def teacher_tokenizer_path(cfg: Any) -> str:
     return cfg.dskd_teacher_tokenizer or cfg.dskd_teacher_model
+
+
+def teacher_tokenizer_revision(cfg: Any) -> str | None:
+    """dskd_teacher_revision applies to the teacher model's own tokenizer only."""
+    return None if cfg.dskd_teacher_tokenizer else cfg.dskd_teacher_revision

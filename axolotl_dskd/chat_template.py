@@ -13,7 +13,7 @@ from typing import Any
 from axolotl.prompt_strategies.chat_template import load as load_chat_template
 from pydantic import BaseModel
 
-from axolotl_dskd.vocab import load_tokenizer
+from axolotl_dskd.vocab import teacher_tokenizer
 
 
 class TwoTemplateStrategy:
@@ -35,8 +35,8 @@ class TwoTemplateStrategy:
 def load(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any] | None = None, processor: Any = None) -> TwoTemplateStrategy:
     from axolotl_dskd.args import teacher_tokenizer_path
 
-    teacher_tokenizer = load_tokenizer(teacher_tokenizer_path(cfg), None, bool(cfg.dskd_teacher_trust_remote_code))
-    if not teacher_tokenizer.chat_template:
+    teacher_vocab = teacher_tokenizer(cfg)
+    if not teacher_vocab.chat_template:
         raise ValueError(
             f"dskd_teacher_chat_template: the teacher tokenizer {teacher_tokenizer_path(cfg)!r} has no chat template"
         )
@@ -44,5 +44,5 @@ def load(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any] | None = None, process
     teacher_cfg = dataset_cfg | {"chat_template": "tokenizer_default", "chat_template_jinja": None}
     return TwoTemplateStrategy(
         load_chat_template(tokenizer, cfg, dataset_cfg, processor),
-        load_chat_template(teacher_tokenizer, cfg, teacher_cfg, processor),
+        load_chat_template(teacher_vocab, cfg, teacher_cfg, processor),
     )

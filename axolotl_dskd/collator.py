@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from axolotl_dskd.alignment import ByteVocab, eta_strict_pairs, exact_pairs_batch
+from axolotl_dskd.alignment import ByteVocab, byte_spans, eta_strict_pairs, exact_pairs_batch
 from axolotl_dskd.vocab import load_tokenizer, token_bytes_table
 
 IGNORE_INDEX = -100
@@ -64,13 +64,14 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
     """Pads the student fields as Axolotl does, then adds the teacher's view of each row."""
 
     teacher_tokenizer_path: str = ""
+    teacher_revision: str | None = None
     teacher_trust_remote_code: bool = False
     alignment: str = "exact"
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def _setup(self) -> dict[str, Any]:
         if not self._state:
-            teacher = load_tokenizer(self.teacher_tokenizer_path, None, self.teacher_trust_remote_code)
+            teacher = load_tokenizer(self.teacher_tokenizer_path, self.teacher_revision, self.teacher_trust_remote_code)
             probe = teacher("a")["input_ids"]
             student_table, teacher_table = token_bytes_table(self.tokenizer), token_bytes_table(teacher)
             self._state.update(
@@ -142,7 +143,7 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
                 self.tokenizer.eos_token,
                 state["teacher"].eos_token,
             )
-        spelled = b"".join(state["student_table"][token] or b"" for token in student_run)
+        spelled = byte_spans(student_run, state["student_table"])[2]
         return exact_pairs_batch(
             [student_run],
             [teacher_run],

@@ -47,7 +47,7 @@ class DSKDPlugin(BasePlugin):
 
     def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict[str, Any]] | None:
         """Cross-tokenizer runs need the teacher's tokenization of each row; else keep Axolotl's."""
-        from axolotl_dskd.args import teacher_tokenizer_path
+        from axolotl_dskd.args import teacher_tokenizer_path, teacher_tokenizer_revision
         from axolotl_dskd.vocab import cross_tokenizer
 
         if not cross_tokenizer(cfg):
@@ -56,6 +56,7 @@ class DSKDPlugin(BasePlugin):
 
         return DSKDCrossTokenizerCollator, {
             "teacher_tokenizer_path": teacher_tokenizer_path(cfg),
+            "teacher_revision": teacher_tokenizer_revision(cfg),
             "teacher_trust_remote_code": bool(cfg.dskd_teacher_trust_remote_code),
             "alignment": cfg.dskd_alignment,
         }

@@ -100,9 +100,8 @@ class DistillationStep(nn.Module):
             self.s2t_map = S2TMap(teacher_head, vocab)
 
     def _shared_vocab(self, topk: int | None) -> SharedVocab:
-        if self.bridge is None:
-            size = min(self.student_vocab, self.teacher_vocab)
-            return SharedVocab.first_ids(min(topk or size, size))
+        if self.bridge is None:  # student_vocab == teacher_vocab here
+            return SharedVocab.first_ids(min(topk or self.student_vocab, self.student_vocab))
         student_ids, teacher_ids = self.bridge.shared_student_ids, self.bridge.shared_teacher_ids
         return SharedVocab(student_ids[:topk], teacher_ids[:topk])
 

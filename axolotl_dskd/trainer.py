@@ -18,7 +18,7 @@ from axolotl_dskd.divergences import DivergenceConfig
 from axolotl_dskd.loss import LossConfig
 from axolotl_dskd.step import DistillationStep
 from axolotl_dskd.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
-from axolotl_dskd.vocab import VocabBridge, load_tokenizer, same_vocabulary
+from axolotl_dskd.vocab import VocabBridge, same_vocabulary, teacher_tokenizer
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
@@ -67,12 +67,8 @@ class DSKDTrainer(AxolotlTrainer):
             trust_remote_code=self.args.dskd_teacher_trust_remote_code,
             attn_implementation=self.model.config._attn_implementation,
         )
-        teacher_tokenizer = load_tokenizer(
-            self.args.dskd_teacher_tokenizer or spec.path,
-            None if self.args.dskd_teacher_tokenizer else spec.revision,
-            spec.trust_remote_code,
-        )
-        cross = not same_vocabulary(self.processing_class, teacher_tokenizer)
+        teacher_vocab = teacher_tokenizer(self.args)
+        cross = not same_vocabulary(self.processing_class, teacher_vocab)
         if cross:
             LOG.info(
                 "dskd: teacher and student tokenizers differ: cross-tokenizer DSKD, %s alignment",
@@ -83,8 +79,8 @@ class DSKDTrainer(AxolotlTrainer):
             teacher=load_teacher(spec, student_head.device),
             loss_cfg=loss_config(self.args),
             vocab_size=len(self.processing_class),
-            teacher_vocab_size=len(teacher_tokenizer),
-            bridge=VocabBridge.build(self.processing_class, teacher_tokenizer) if cross else None,
+            teacher_vocab_size=len(teacher_vocab),
+            bridge=VocabBridge.build(self.processing_class, teacher_vocab) if cross else None,
             projector_init=self.args.dskd_projector_init,
             init_topk_vocab=self.args.dskd_init_topk_vocab,
         )
