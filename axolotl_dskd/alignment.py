@@ -1,23 +1,31 @@
 """Pair student and teacher positions whose next tokens stand for the same text.
 
-Both functions take the two *label* sequences of one response (token ids, EOS last) and
-return an int array of (student index, teacher index) pairs, strictly increasing in both.
+Alignments take the two *label* sequences of a response (token ids, EOS last) and give
+(student index, teacher index) pairs, strictly increasing in both.
 
-- `exact_pairs`: tokens are paired when they cover exactly the same bytes of the text
-  (same start, same end), whatever the tokenizers' spelling (Ġ, ▁, <0x0A>, NFC). EOS
-  pairs with EOS. Vectorized with numpy.
-- `eta_strict_pairs`: the DSKDv2 paper's greedy exact token alignment on vocabulary
-  strings with '▁'/'Ġ' removed, kept for reproducing the paper. It stops pairing for
-  good once the two string histories differ (e.g. 'Ċ' vs '<0x0A>').
+- `exact`: tokens are paired when they cover exactly the same bytes of the text (same
+  start, same end), whatever the tokenizers' spelling (Ġ, ▁, <0x0A>, NFC). EOS pairs
+  with EOS.
+- `eta_strict`: the DSKDv2 paper's greedy exact token alignment on vocabulary strings
+  with '▁'/'Ġ' removed, kept for reproducing the paper. It stops pairing for good once
+  the two string histories differ (e.g. 'Ċ' vs '<0x0A>').
+
+Both are compiled kernels that walk a whole flattened batch in one call (`align_flat`),
+linear in its bytes; `exact_pairs_batch`, `exact_pairs` and `eta_strict_pairs` wrap them
+for lists of sequences.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+
+EXACT, ETA_STRICT = 0, 1
+ALIGNMENT_MODES = {"exact": EXACT, "eta_strict": ETA_STRICT}
 
 
 def byte_spans(ids: Sequence[int], table: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray, bytes]:
@@ -30,34 +38,32 @@ def byte_spans(ids: Sequence[int], table: Sequence[bytes | None]) -> tuple[np.nd
     return ends - lengths, ends, b"".join(table[token] or b"" for token in ids)
 
 
-# Polynomial hashes of every token's bytes (two odd bases, arithmetic mod 2**64) let the
-# kernel check in O(tokens) that a stream spells its text, together with its length;
-# only streams that fail are walked byte by byte.
-HASH_BASES = (np.uint64(1_000_003), np.uint64(0x100000001B3))
+# A polynomial hash of every token's bytes (odd base, arithmetic mod 2**64) lets the exact
+# kernel check in O(tokens) that a stream spells its text; only streams that fail (a
+# normalizer rewrote the text, or a dummy-prefix space) are walked byte by byte.
+HASH_BASE = np.uint64(0x100000001B3)
 
 
 @numba.njit(cache=True)
 def _token_hashes(data, offsets):
-    """Per base and token: Horner hash of its bytes and base ** length, mod 2**64."""
-    hashes = np.zeros((2, len(offsets) - 1), dtype=np.uint64)
-    powers = np.ones((2, len(offsets) - 1), dtype=np.uint64)
-    for h in range(2):
-        base = HASH_BASES[h]
-        for token in range(len(offsets) - 1):
-            for k in range(offsets[token], offsets[token + 1]):
-                hashes[h, token] = hashes[h, token] * base + np.uint64(data[k])
-                powers[h, token] = powers[h, token] * base
-    return hashes, powers
+    """Per token: Horner hash of its bytes, mod 2**64."""
+    hashes = np.zeros(len(offsets) - 1, dtype=np.uint64)
+    for token in range(len(offsets) - 1):
+        for k in range(offsets[token], offsets[token + 1]):
+            hashes[token] = hashes[token] * HASH_BASE + np.uint64(data[k])
+    return hashes
 
 
 @dataclass(frozen=True)
 class ByteVocab:
-    """One tokenizer's token bytes laid end to end, plus their hashes, for the kernel."""
+    """One tokenizer's token strings as bytes laid end to end, for the kernels, plus the
+    compact per-token tables the exact kernel reads (kept small to stay in cache)."""
 
     data: np.ndarray  # uint8, every token's bytes concatenated
     offsets: np.ndarray  # int64 [V + 1]: token i is data[offsets[i]:offsets[i + 1]]
-    hashes: np.ndarray  # uint64 [2, V]
-    powers: np.ndarray  # uint64 [2, V]
+    hashes: np.ndarray  # uint64 [V]: see _token_hashes
+    lengths: np.ndarray  # int32 [V]: bytes per token
+    powers: np.ndarray  # uint64 [longest token + 1]: HASH_BASE ** length
 
     @classmethod
     def from_table(cls, table: Sequence[bytes | None]) -> ByteVocab:
@@ -65,38 +71,59 @@ class ByteVocab:
         offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(piece) for piece in pieces])
         data = np.frombuffer(b"".join(pieces), dtype=np.uint8).copy()
-        return cls(data, offsets, *_token_hashes(data, offsets))
+        lengths = np.diff(offsets).astype(np.int32)
+        powers = np.ones(int(lengths.max(initial=0)) + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):  # arithmetic mod 2**64 by design
+            for length in range(1, len(powers)):
+                powers[length] = powers[length - 1] * HASH_BASE
+        return cls(data, offsets, _token_hashes(data, offsets), lengths, powers)
+
+    def kernel_tables(self) -> tuple[np.ndarray, ...]:
+        return self.data, self.offsets, self.hashes, self.lengths, self.powers
+
+    def spell(self, ids: Sequence[int] | np.ndarray) -> bytes:
+        """The bytes of a token sequence, gathered without a Python loop over tokens."""
+        ids = np.asarray(ids, dtype=np.int64)
+        starts, lengths = self.offsets[ids], self.offsets[ids + 1] - self.offsets[ids]
+        ends = np.cumsum(lengths)
+        index = np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - (ends - lengths), lengths)
+        return self.data[index].tobytes()
+
+
+@numba.njit(cache=True, inline="always")
+def _token_length(ids, offsets, i):
+    return offsets[ids[i] + 1] - offsets[ids[i]]
 
 
 @numba.njit(cache=True)
-def _spelled_prefix(ids, vocab_data, vocab_offsets, text, shift):
+def _spelled_prefix(ids, data, offsets, text, shift):
     """How many text bytes the token stream spells, after dropping `shift` leading bytes."""
     matched, skipped = 0, 0
     for token in ids:
-        for k in range(vocab_offsets[token], vocab_offsets[token + 1]):
+        for k in range(offsets[token], offsets[token + 1]):
             if skipped < shift:
                 skipped += 1
                 continue
-            if matched >= len(text) or vocab_data[k] != text[matched]:
+            if matched >= len(text) or data[k] != text[matched]:
                 return matched
             matched += 1
     return matched
 
 
 @numba.njit(cache=True)
-def _stream_shift(ids, vocab_data, vocab_offsets, text):
-    """(shift, agree): a SentencePiece dummy-prefix space is dropped when that makes the
-    stream spell more of the text; tokens past `agree` bytes cannot be paired."""
-    agree = _spelled_prefix(ids, vocab_data, vocab_offsets, text, 0)
+def _walk_stream(ids, data, offsets, text):
+    """(shift, agree) the slow way: a SentencePiece dummy-prefix space is dropped when that
+    makes the stream spell more of the text; tokens past `agree` bytes cannot be paired."""
+    agree = _spelled_prefix(ids, data, offsets, text, 0)
     if agree == len(text):
         return 0, agree
     first = -1
     for token in ids:
-        if vocab_offsets[token + 1] > vocab_offsets[token]:
-            first = vocab_data[vocab_offsets[token]]
+        if offsets[token + 1] > offsets[token]:
+            first = data[offsets[token]]
             break
     if first == 32:
-        agree_shifted = _spelled_prefix(ids, vocab_data, vocab_offsets, text, 1)
+        agree_shifted = _spelled_prefix(ids, data, offsets, text, 1)
         if agree_shifted > agree:
             return 1, agree_shifted
     return 0, agree
@@ -104,107 +131,200 @@ def _stream_shift(ids, vocab_data, vocab_offsets, text):
 
 @numba.njit(cache=True)
 def _text_hash(text):
-    """(hash, base ** length) of the text's bytes for both bases, as four scalars."""
-    base_a, base_b = HASH_BASES
-    hash_a, hash_b, power_a, power_b = np.uint64(0), np.uint64(0), np.uint64(1), np.uint64(1)
-    for byte in text:
-        hash_a, hash_b = hash_a * base_a + np.uint64(byte), hash_b * base_b + np.uint64(byte)
-        power_a, power_b = power_a * base_a, power_b * base_b
-    return hash_a, hash_b, power_a, power_b
+    """(hash, base ** length) of the text's bytes; Horner's rule four bytes per step, so
+    the multiply chain is a quarter as long."""
+    base2 = HASH_BASE * HASH_BASE
+    base3, base4 = base2 * HASH_BASE, base2 * base2
+    text_hash, power, k = np.uint64(0), np.uint64(1), 0
+    while k + 4 <= len(text):
+        group = np.uint64(text[k]) * base3 + np.uint64(text[k + 1]) * base2
+        group += np.uint64(text[k + 2]) * HASH_BASE + np.uint64(text[k + 3])
+        text_hash, power, k = text_hash * base4 + group, power * base4, k + 4
+    while k < len(text):
+        text_hash, power, k = text_hash * HASH_BASE + np.uint64(text[k]), power * HASH_BASE, k + 1
+    return text_hash, power
 
 
 @numba.njit(cache=True)
-def _check_stream(ids, data, offsets, hashes, powers, text, text_hash):
-    """(shift, agree) as `_stream_shift`, decided by hashes in O(tokens) when the stream
-    spells the text exactly or after one dummy-prefix space."""
-    hash_a, hash_b, power_a, power_b = text_hash
-    stream_a, stream_b = np.uint64(0), np.uint64(0)
-    length, first = 0, -1
+def _likely_shift(ids, data, offsets, text):
+    """1 when the stream opens with a space the text lacks (a SentencePiece dummy prefix)."""
     for token in ids:
-        if first < 0 and offsets[token + 1] > offsets[token]:
-            first = data[offsets[token]]
-        length += offsets[token + 1] - offsets[token]
-        stream_a = stream_a * powers[0, token] + hashes[0, token]
-        stream_b = stream_b * powers[1, token] + hashes[1, token]
-    if length == len(text) and stream_a == hash_a and stream_b == hash_b:
-        return 0, len(text)
-    space = np.uint64(32)
-    if length == len(text) + 1 and first == 32:
-        if stream_a == space * power_a + hash_a and stream_b == space * power_b + hash_b:
-            return 1, len(text)
-    return _stream_shift(ids, data, offsets, text)
+        if offsets[token + 1] > offsets[token]:
+            return 1 if data[offsets[token]] == 32 and (len(text) == 0 or text[0] != 32) else 0
+    return 0
 
 
 @numba.njit(cache=True)
-def _merge(
-    s_ids, s_data, s_offsets, s_hashes, s_powers, t_ids, t_data, t_offsets, t_hashes, t_powers, text, s_eos, t_eos, out
-):
-    """Two-pointer merge of the two span streams; writes pairs to `out`, returns the count."""
-    text_hash = _text_hash(text)
-    s_shift, s_agree = _check_stream(s_ids, s_data, s_offsets, s_hashes, s_powers, text, text_hash)
-    t_shift, t_agree = _check_stream(t_ids, t_data, t_offsets, t_hashes, t_powers, text, text_hash)
-    n_pairs, i, j = 0, 0, 0
-    s_end, t_end = -s_shift, -t_shift
-    s_start, t_start = 0, 0
-    if len(s_ids):
-        s_start, s_end = s_end, s_end + s_offsets[s_ids[0] + 1] - s_offsets[s_ids[0]]
-    if len(t_ids):
-        t_start, t_end = t_end, t_end + t_offsets[t_ids[0] + 1] - t_offsets[t_ids[0]]
-    while i < len(s_ids) and j < len(t_ids):
-        s_live = s_end > max(s_start, 0) and s_end <= s_agree
-        t_live = t_end > max(t_start, 0) and t_end <= t_agree
-        if s_live and t_live and s_end == t_end and max(s_start, 0) == max(t_start, 0):
-            out[n_pairs, 0], out[n_pairs, 1] = i, j
-            n_pairs += 1
-        advance_s, advance_t = s_end <= t_end, t_end <= s_end
-        if advance_s:
-            i += 1
-            if i < len(s_ids):
-                s_start, s_end = s_end, s_end + s_offsets[s_ids[i] + 1] - s_offsets[s_ids[i]]
-        if advance_t:
-            j += 1
-            if j < len(t_ids):
-                t_start, t_end = t_end, t_end + t_offsets[t_ids[j] + 1] - t_offsets[t_ids[j]]
+def _spans_pass(ids, vocab, shift, agree, at_end, stamp, out, sample):
+    """One walk over a stream: its hash and byte length, and its non-empty spans ending
+    within `agree` either filed under their end in `at_end` (out is None: the teacher) or
+    looked up there and written to `out` as pairs (the student). Returns (hash, length,
+    pairs)."""
+    hashes, lengths, powers = vocab[2], vocab[3], vocab[4]
+    stream_hash, n_pairs, end = np.uint64(0), 0, -shift
+    for i in range(len(ids)):
+        token = ids[i]
+        length = lengths[token]
+        stream_hash = stream_hash * powers[length] + hashes[token]
+        start, end = max(end, 0), end + length
+        if start < end <= agree:
+            if out is None:
+                at_end[end, 0], at_end[end, 1], at_end[end, 2] = stamp, i, start
+            elif at_end[end, 0] == stamp and at_end[end, 2] == start:
+                out[n_pairs, 0], out[n_pairs, 1], out[n_pairs, 2] = sample, i, at_end[end, 1]
+                n_pairs += 1
+    return stream_hash, end + shift, n_pairs
+
+
+@numba.njit(cache=True)
+def _spells_text(stream_hash, stream_length, shift, text, text_hash):
+    """Whether a stream spells the text after dropping `shift` leading spaces."""
+    if stream_length != len(text) + shift:
+        return False
+    return stream_hash == text_hash[0] + np.uint64(32 * shift) * text_hash[1]
+
+
+@numba.njit(cache=True)
+def _exact(s_ids, s_vocab, t_ids, t_vocab, text, s_eos, t_eos, out, sample, at_end):
+    """Pairs tokens with the same (start, end) byte span: teacher spans are filed under
+    their end offset in `at_end`, then each student span looks its end up. Each stream is
+    walked once when its hash shows it spells the text (the usual case), and walked again
+    up to the byte where it stops spelling it otherwise. Writes (sample, s, t) rows to
+    `out`, returns their count."""
+    text_hash, stamp = _text_hash(text), 2 * sample
+    shift = _likely_shift(t_ids, t_vocab[0], t_vocab[1], text)
+    t_hash, t_length, _ = _spans_pass(t_ids, t_vocab, shift, len(text), at_end, stamp, None, sample)
+    if not _spells_text(t_hash, t_length, shift, text, text_hash):
+        shift, agree = _walk_stream(t_ids, t_vocab[0], t_vocab[1], text)
+        stamp += 1
+        _spans_pass(t_ids, t_vocab, shift, agree, at_end, stamp, None, sample)
+    shift = _likely_shift(s_ids, s_vocab[0], s_vocab[1], text)
+    s_hash, s_length, n_pairs = _spans_pass(s_ids, s_vocab, shift, len(text), at_end, stamp, out, sample)
+    if not _spells_text(s_hash, s_length, shift, text, text_hash):
+        shift, agree = _walk_stream(s_ids, s_vocab[0], s_vocab[1], text)
+        n_pairs = _spans_pass(s_ids, s_vocab, shift, agree, at_end, stamp, out, sample)[2]
     if len(s_ids) and len(t_ids) and s_ids[-1] == s_eos and t_ids[-1] == t_eos:
-        out[n_pairs, 0], out[n_pairs, 1] = len(s_ids) - 1, len(t_ids) - 1
+        out[n_pairs, 0], out[n_pairs, 1], out[n_pairs, 2] = sample, len(s_ids) - 1, len(t_ids) - 1
         n_pairs += 1
     return n_pairs
 
 
 @numba.njit(cache=True)
-def _merge_all(s_ids, s_bounds, s_vocab, t_ids, t_bounds, t_vocab, text, text_bounds, s_eos, t_eos, out, counts):
-    """`_merge` for every sample of the flattened batch; pairs are written back to back."""
+def _eta_strict(s_ids, s_data, s_offsets, t_ids, t_data, t_offsets, s_eos, t_eos, out, sample):
+    """The paper's greedy ETA on marker-free token strings.
+
+    Its string histories stay equal exactly while the shorter one is a prefix of the
+    longer; once they differ nothing can pair again, so the walk stops there. The common
+    prefix is compared byte by byte with one cursor per side, each byte once."""
+    n_pairs, i, j, s_len, t_len, checked = 0, 0, 0, 0, 0, 0
+    s_tok, s_pos, t_tok, t_pos = 0, 0, 0, 0  # cursors at history byte `checked`
+    while i < len(s_ids) and j < len(t_ids):
+        s_n, t_n = _token_length(s_ids, s_offsets, i), _token_length(t_ids, t_offsets, j)
+        if s_len == t_len:
+            same = s_n == t_n
+            k = 0
+            while same and k < s_n:
+                same = s_data[s_offsets[s_ids[i]] + k] == t_data[t_offsets[t_ids[j]] + k]
+                k += 1
+            both_eos = s_ids[i] == s_eos and t_ids[j] == t_eos
+            if same or both_eos:
+                out[n_pairs, 0], out[n_pairs, 1], out[n_pairs, 2] = sample, i, j
+                n_pairs += 1
+                if not same:  # two EOS spelled differently end the shared history
+                    return n_pairs
+            s_len, t_len, i, j = s_len + s_n, t_len + t_n, i + 1, j + 1
+        elif t_len > s_len:
+            s_len, i = s_len + s_n, i + 1
+        else:
+            t_len, j = t_len + t_n, j + 1
+        while checked < min(s_len, t_len):
+            while s_pos >= _token_length(s_ids, s_offsets, s_tok):
+                s_tok, s_pos = s_tok + 1, 0
+            while t_pos >= _token_length(t_ids, t_offsets, t_tok):
+                t_tok, t_pos = t_tok + 1, 0
+            if s_data[s_offsets[s_ids[s_tok]] + s_pos] != t_data[t_offsets[t_ids[t_tok]] + t_pos]:
+                return n_pairs
+            s_pos, t_pos, checked = s_pos + 1, t_pos + 1, checked + 1
+    return n_pairs
+
+
+@numba.njit(cache=True)
+def _align_all(mode, s_ids, s_bounds, s_vocab, t_ids, t_bounds, t_vocab, text, text_bounds, s_eos, t_eos, out):
+    """Every sample of the flattened batch; pair rows are written back to back."""
     written = 0
-    for n in range(len(counts)):
-        counts[n] = _merge(
-            s_ids[s_bounds[n] : s_bounds[n + 1]],
-            s_vocab[0],
-            s_vocab[1],
-            s_vocab[2],
-            s_vocab[3],
-            t_ids[t_bounds[n] : t_bounds[n + 1]],
-            t_vocab[0],
-            t_vocab[1],
-            t_vocab[2],
-            t_vocab[3],
-            text[text_bounds[n] : text_bounds[n + 1]],
-            s_eos,
-            t_eos,
-            out[written:],
-        )
-        written += counts[n]
+    at_end = np.full((np.max(np.diff(text_bounds)) + 1 if len(text_bounds) > 1 else 1, 3), -1, dtype=np.int64)
+    for n in range(len(s_bounds) - 1):
+        s_sample, t_sample = s_ids[s_bounds[n] : s_bounds[n + 1]], t_ids[t_bounds[n] : t_bounds[n + 1]]
+        if mode == EXACT:
+            sample_text = text[text_bounds[n] : text_bounds[n + 1]]
+            written += _exact(s_sample, s_vocab, t_sample, t_vocab, sample_text, s_eos, t_eos, out[written:], n, at_end)
+        else:
+            written += _eta_strict(
+                s_sample, s_vocab[0], s_vocab[1], t_sample, t_vocab[0], t_vocab[1], s_eos, t_eos, out[written:], n
+            )
     return written
 
 
-def _kernel_vocab(vocab: ByteVocab) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return vocab.data, vocab.offsets, vocab.hashes, vocab.powers
+@dataclass(frozen=True)
+class FlatSequences:
+    """Many token sequences (or texts) end to end: item n is values[bounds[n]:bounds[n + 1]]."""
+
+    values: np.ndarray
+    bounds: np.ndarray
+
+    @classmethod
+    def from_lists(cls, sequences: Sequence[Sequence[int]]) -> FlatSequences:
+        bounds = np.zeros(len(sequences) + 1, dtype=np.int64)
+        bounds[1:] = np.cumsum([len(ids) for ids in sequences])
+        values = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64, count=bounds[-1])
+        return cls(values, bounds)
+
+    @classmethod
+    def from_bytes(cls, texts: Sequence[bytes]) -> FlatSequences:
+        bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+        bounds[1:] = np.cumsum([len(text) for text in texts])
+        return cls(np.frombuffer(b"".join(texts), dtype=np.uint8), bounds)
 
 
-def _flatten(sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    bounds = np.zeros(len(sequences) + 1, dtype=np.int64)
-    bounds[1:] = np.cumsum([len(ids) for ids in sequences])
-    ids = np.concatenate(sequences).astype(np.int64, copy=False) if len(sequences) else bounds[:0]
-    return ids, bounds
+def align_flat(
+    mode: str,
+    student: FlatSequences,
+    teacher: FlatSequences,
+    texts: FlatSequences | None,
+    student_vocab: ByteVocab,
+    teacher_vocab: ByteVocab,
+    student_eos: int,
+    teacher_eos: int,
+) -> np.ndarray:
+    """(sample, student index, teacher index) rows for a whole batch, in one compiled call.
+
+    `exact` takes token bytes (`token_bytes_table`) and each sample's text; `eta_strict`
+    takes marker-free vocabulary strings (`marker_free_table`) and no texts.
+    """
+    if texts is None:
+        texts = FlatSequences.from_bytes([b""] * (len(student.bounds) - 1))
+    out = np.empty((min(len(student.values), len(teacher.values)) + len(texts.bounds), 3), dtype=np.int64)
+    written = _align_all(
+        ALIGNMENT_MODES[mode],
+        student.values,
+        student.bounds,
+        student_vocab.kernel_tables(),
+        teacher.values,
+        teacher.bounds,
+        teacher_vocab.kernel_tables(),
+        texts.values,
+        texts.bounds,
+        student_eos,
+        teacher_eos,
+        out,
+    )
+    return out[:written]
+
+
+def per_sample(rows: np.ndarray, n_samples: int) -> list[np.ndarray]:
+    """`align_flat` rows split into one [pairs, 2] array per sample."""
+    cuts = np.searchsorted(rows[:, 0], np.arange(1, n_samples))
+    return [pairs[:, 1:] for pairs in np.split(rows, cuts)]
 
 
 def exact_pairs_batch(
@@ -216,34 +336,23 @@ def exact_pairs_batch(
     student_eos: int,
     teacher_eos: int,
 ) -> list[np.ndarray]:
-    """Exact alignment of many samples in one compiled, linear pass.
+    """Exact alignment of many samples, each against its own text.
 
-    Token spans are taken in each sample's text. A SentencePiece dummy-prefix space is
-    absorbed into the first token, and tokens past the first byte where a stream stops
-    spelling the text (a normalizer rewrote it) are never paired. EOS pairs with EOS.
+    A SentencePiece dummy-prefix space is absorbed into the first token, and tokens past
+    the first byte where a stream stops spelling the text (a normalizer rewrote it) are
+    never paired. EOS pairs with EOS.
     """
-    s_ids, s_bounds = _flatten(student_sequences)
-    t_ids, t_bounds = _flatten(teacher_sequences)
-    text = np.frombuffer(b"".join(texts), dtype=np.uint8)
-    text_bounds = np.zeros(len(texts) + 1, dtype=np.int64)
-    text_bounds[1:] = np.cumsum([len(data) for data in texts])
-    out = np.empty((min(len(s_ids), len(t_ids)) + len(texts), 2), dtype=np.int64)
-    counts = np.zeros(len(texts), dtype=np.int64)
-    written = _merge_all(
-        s_ids,
-        s_bounds,
-        _kernel_vocab(student_vocab),
-        t_ids,
-        t_bounds,
-        _kernel_vocab(teacher_vocab),
-        text,
-        text_bounds,
+    rows = align_flat(
+        "exact",
+        FlatSequences.from_lists(student_sequences),
+        FlatSequences.from_lists(teacher_sequences),
+        FlatSequences.from_bytes(texts),
+        student_vocab,
+        teacher_vocab,
         student_eos,
         teacher_eos,
-        out,
-        counts,
     )
-    return np.split(out[:written], np.cumsum(counts)[:-1])
+    return per_sample(rows, len(texts))
 
 
 def exact_pairs(
@@ -259,18 +368,17 @@ def exact_pairs(
 
     Spans are taken in `text` (the original text both tokenized); by default the text the
     student's tokens spell, as when the teacher tokenized the student's recovered text.
-    Convenience wrapper: hot paths build the ByteVocabs once and call exact_pairs_batch.
     """
-    if text is None:
-        text = byte_spans(student_ids, student_table)[2]
     student_vocab, teacher_vocab = ByteVocab.from_table(student_table), ByteVocab.from_table(teacher_table)
+    text = student_vocab.spell(list(student_ids)) if text is None else text
     return exact_pairs_batch(
-        [student_ids], [teacher_ids], [text], student_vocab, teacher_vocab, student_eos, teacher_eos
+        [list(student_ids)], [list(teacher_ids)], [text], student_vocab, teacher_vocab, student_eos, teacher_eos
     )[0]
 
 
-def _strip_markers(tokens: Sequence[str]) -> list[str]:
-    return [token.replace("▁", "").replace("Ġ", "") for token in tokens]
+def marker_free(token: str) -> bytes:
+    """A vocabulary string as the paper's ETA compares it: '▁' and 'Ġ' removed."""
+    return token.replace("▁", "").replace("Ġ", "").encode("utf-8")
 
 
 def eta_strict_pairs(
@@ -279,38 +387,18 @@ def eta_strict_pairs(
     student_eos: str,
     teacher_eos: str,
 ) -> np.ndarray:
-    """The paper's greedy ETA on vocabulary strings (one pass, linear in the characters).
-
-    The string histories are equal exactly when their lengths are equal and no
-    character ever differed, so they are tracked as a length pair plus a flag.
-    """
-    student, teacher = _strip_markers(student_tokens), _strip_markers(teacher_tokens)
-    student_eos, teacher_eos = _strip_markers([student_eos, teacher_eos])
-    student_text, teacher_text = "".join(student), "".join(teacher)
-    s_len = t_len = 0
-    diverged = False
-    pairs: list[tuple[int, int]] = []
-    i = j = 0
-
-    def check(new_end_t: int, new_end_s: int) -> bool:
-        common = min(new_end_t, new_end_s)
-        low = min(t_len, s_len)
-        return teacher_text[low:common] != student_text[low:common]
-
-    while i < len(teacher) and j < len(student):
-        both_eos = teacher[i] == teacher_eos and student[j] == student_eos
-        if not diverged and t_len == s_len and (teacher[i] == student[j] or both_eos):
-            pairs.append((j, i))
-            t_len, s_len = t_len + len(teacher[i]), s_len + len(student[j])
-            diverged = diverged or (both_eos and teacher[i] != student[j])
-            i, j = i + 1, j + 1
-        elif t_len > s_len:
-            diverged = diverged or check(t_len, s_len + len(student[j]))
-            s_len, j = s_len + len(student[j]), j + 1
-        elif t_len < s_len:
-            diverged = diverged or check(t_len + len(teacher[i]), s_len)
-            t_len, i = t_len + len(teacher[i]), i + 1
-        else:  # same length, different text: advance both
-            diverged = diverged or check(t_len + len(teacher[i]), s_len + len(student[j]))
-            t_len, s_len, i, j = t_len + len(teacher[i]), s_len + len(student[j]), i + 1, j + 1
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    """The paper's greedy ETA on one pair of token-string sequences (tests, reports)."""
+    strings = sorted({*student_tokens, *teacher_tokens, student_eos, teacher_eos})
+    index = {token: n for n, token in enumerate(strings)}
+    vocab = ByteVocab.from_table([marker_free(token) for token in strings])
+    rows = align_flat(
+        "eta_strict",
+        FlatSequences.from_lists([[index[token] for token in student_tokens]]),
+        FlatSequences.from_lists([[index[token] for token in teacher_tokens]]),
+        None,
+        vocab,
+        vocab,
+        index[student_eos],
+        index[teacher_eos],
+    )
+    return rows[:, 1:]

@@ -61,6 +61,13 @@ class DSKDArgs(BaseModel):
     dskd_agreement_mask: bool = True
     dskd_loss_chunk_size: int = 256
 
+    dskd_on_policy_ratio: float = 0.0
+    dskd_on_policy_start_step: int = 0
+    dskd_on_policy_max_new_tokens: int = 256
+    dskd_on_policy_temperature: float = 1.0
+    dskd_on_policy_top_p: float = 1.0
+    dskd_on_policy_top_k: int = 0
+
     @model_validator(mode="after")
     def _check_dskd(self) -> DSKDArgs:
         check_settings(self)
@@ -73,7 +80,8 @@ DSKD_KEYS = tuple(DSKDArgs.model_fields)
 # The same keys carried into TrainingArguments, so the trainer reads them from self.args.
 DSKDTrainingArgsMixin = dataclasses.make_dataclass(
     "DSKDTrainingArgsMixin",
-    [(name, Any, dataclasses.field(default=info.default)) for name, info in DSKDArgs.model_fields.items()],
+    [(name, Any, dataclasses.field(default=info.default)) for name, info in DSKDArgs.model_fields.items()]
+    + [("dskd_sequence_len", Any, dataclasses.field(default=None))],  # Axolotl's sequence_len, for generation
 )
 
 
@@ -111,6 +119,7 @@ def check_settings(cfg: Any) -> None:
         raise DSKDConfigError(f"dskd_init_topk_vocab: {cfg.dskd_init_topk_vocab} must be a positive int or null")
     if cfg.dskd_loss_chunk_size <= 0:
         raise DSKDConfigError(f"dskd_loss_chunk_size: {cfg.dskd_loss_chunk_size} must be > 0")
+    check_on_policy(cfg)
     if cfg.dskd_teacher_load_in_4bit and cfg.dskd_teacher_load_in_8bit:
         raise DSKDConfigError("dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one")
     for flag, why in INCOMPATIBLE_FLAGS.items():
@@ -122,6 +131,22 @@ def check_settings(cfg: Any) -> None:
             f"WORLD_SIZE={world_size}: axolotl_dskd.DSKDPlugin does not synchronise the t2s projector across "
             "processes yet; launch a single process (--num_processes 1)"
         )
+
+
+def check_on_policy(cfg: Any) -> None:
+    _in_range("dskd_on_policy_ratio", cfg.dskd_on_policy_ratio, 0.0, 1.0, closed=True)
+    if not 0.0 < cfg.dskd_on_policy_top_p <= 1.0:
+        raise DSKDConfigError(f"dskd_on_policy_top_p: {cfg.dskd_on_policy_top_p} is outside (0.0, 1.0]")
+    positive = {
+        "dskd_on_policy_max_new_tokens": cfg.dskd_on_policy_max_new_tokens,
+        "dskd_on_policy_temperature": cfg.dskd_on_policy_temperature,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise DSKDConfigError(f"{key}: {value} must be > 0")
+    for key in ("dskd_on_policy_start_step", "dskd_on_policy_top_k"):
+        if getattr(cfg, key) < 0:
+            raise DSKDConfigError(f"{key}: {getattr(cfg, key)} must be >= 0")
 
 
 def check_vocabularies(cfg: Any) -> None:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from axolotl_dskd.alignment import ByteVocab, byte_spans, eta_strict_pairs, exact_pairs_batch
-from axolotl_dskd.vocab import load_tokenizer, token_bytes_table
+from axolotl_dskd.alignment import ByteVocab, FlatSequences, align_flat
+from axolotl_dskd.vocab import load_tokenizer, marker_free_table, token_bytes_table
 
 IGNORE_INDEX = -100
 TEACHER_FIELDS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "dskd_pairs")
@@ -31,10 +31,22 @@ TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # rows of an axolotl_
 
 
 @dataclass
+class TrainedRun:
+    """One trained span of a row on both sides, where it starts in each row, and the
+    text it spells (the student's token bytes)."""
+
+    student_ids: list[int]
+    teacher_ids: list[int]
+    text: bytes
+    student_start: int
+    teacher_start: int
+
+
+@dataclass
 class TeacherRow:
     input_ids: list[int]
     labels: list[int]
-    pairs: np.ndarray  # [k, 2] student / teacher label positions
+    runs: list[TrainedRun]
 
 
 def _runs(labels: list[int]) -> list[tuple[int, int, bool]]:
@@ -49,14 +61,18 @@ def _split_utf8(data: bytes) -> tuple[str, bytes]:
     """Decode the complete characters; return the bytes of a character cut at the end.
 
     Byte-level tokens can split one character across a mask boundary: its tail bytes
-    move to the next run instead of being replaced or dropped.
+    move to the next run instead of being replaced or dropped. Bytes that are not UTF-8
+    anywhere else (a sampled on-policy response can hold them) reach the teacher as
+    U+FFFD; exact alignment then pairs nothing past that byte of the run.
     """
-    for cut in range(len(data), max(len(data) - 4, 0) - 1, -1):
-        try:
-            return data[:cut].decode("utf-8"), data[cut:]
-        except UnicodeDecodeError:
+    for back in range(1, min(4, len(data)) + 1):
+        lead = data[-back]
+        if lead & 0xC0 == 0x80:  # continuation byte: look further back for its lead byte
             continue
-    raise ValueError(f"student tokens do not form UTF-8 text: {data[:40]!r}")
+        width = 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if 0xF0 <= lead < 0xF8 else 1
+        cut = len(data) - back if width > back else len(data)
+        return data[:cut].decode("utf-8", errors="replace"), data[cut:]
+    return data.decode("utf-8", errors="replace"), b""
 
 
 @dataclass
@@ -73,51 +89,60 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
         if not self._state:
             teacher = load_tokenizer(self.teacher_tokenizer_path, self.teacher_revision, self.teacher_trust_remote_code)
             probe = teacher("a")["input_ids"]
-            student_table, teacher_table = token_bytes_table(self.tokenizer), token_bytes_table(teacher)
+            student_table = token_bytes_table(self.tokenizer)
+            special_strings = self.tokenizer.convert_ids_to_tokens(range(len(student_table)))
+            if self.alignment == "eta_strict":
+                student_vocab = ByteVocab.from_table(marker_free_table(self.tokenizer))
+                teacher_vocab = ByteVocab.from_table(marker_free_table(teacher))
+            else:
+                student_vocab, teacher_vocab = (
+                    ByteVocab.from_table(student_table),
+                    ByteVocab.from_table(token_bytes_table(teacher)),
+                )
             self._state.update(
                 teacher=teacher,
-                student_table=student_table,
-                student_vocab=ByteVocab.from_table(student_table),
-                teacher_vocab=ByteVocab.from_table(teacher_table),
+                student_bytes=ByteVocab.from_table(student_table),
+                # special tokens spelled as their strings, so the teacher sees '<|im_end|>' as text
+                student_spelling=ByteVocab.from_table(
+                    [
+                        piece if piece is not None else token.encode()
+                        for piece, token in zip(student_table, special_strings, strict=True)
+                    ]
+                ),
+                student_vocab=student_vocab,
+                teacher_vocab=teacher_vocab,
                 teacher_prefix=probe[: probe.index(teacher("a", add_special_tokens=False)["input_ids"][0])],
                 teacher_pad=teacher.pad_token_id if teacher.pad_token_id is not None else teacher.eos_token_id,
             )
         return self._state
 
-    def _student_piece(self, token_id: int, table: list[bytes | None]) -> bytes:
-        piece = table[token_id]
-        return piece if piece is not None else self.tokenizer.convert_ids_to_tokens(token_id).encode("utf-8")
-
     def teacher_row(self, input_ids: list[int], labels: list[int]) -> TeacherRow:
-        """The teacher's ids and labels for one student row, and the aligned positions."""
+        """The teacher's ids and labels for one student row, and its trained runs."""
         state = self._setup()
         teacher = state["teacher"]
         student_eos, teacher_eos = self.tokenizer.eos_token_id, teacher.eos_token_id
         start = 1 if input_ids and input_ids[0] == self.tokenizer.bos_token_id else 0
         teacher_ids, teacher_labels = list(state["teacher_prefix"]), [IGNORE_INDEX] * len(state["teacher_prefix"])
-        pairs, carry = [], b""
+        runs, carry = [], b""
         for run_start, run_end, trained in _runs(labels[start:]):
             run = input_ids[start + run_start : start + run_end]
             ends_with_eos = trained and run[-1] == student_eos
             text_ids = run[:-1] if ends_with_eos else run
-            text, carry = _split_utf8(
-                carry + b"".join(self._student_piece(t, state["student_table"]) for t in text_ids)
-            )
+            text, carry = _split_utf8(carry + state["student_spelling"].spell(text_ids))
             run_teacher = teacher(text, add_special_tokens=False)["input_ids"]
             run_teacher = run_teacher + [teacher_eos] if ends_with_eos else run_teacher
             if trained:
-                run_pairs = self._align(run, run_teacher, state) + [start + run_start, len(teacher_ids)] - 1
-                pairs.append(run_pairs[(run_pairs >= 0).all(axis=1)])
+                spelled = state["student_bytes"].spell(run)
+                runs.append(TrainedRun(run, run_teacher, spelled, start + run_start, len(teacher_ids)))
             teacher_ids += run_teacher
             teacher_labels += run_teacher if trained else [IGNORE_INDEX] * len(run_teacher)
-        all_pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-        return TeacherRow(teacher_ids, teacher_labels, all_pairs)
+        return TeacherRow(teacher_ids, teacher_labels, runs)
 
     def rendered_teacher_row(
         self, input_ids: list[int], labels: list[int], teacher_ids: list[int], teacher_labels: list[int]
     ) -> TeacherRow:
-        """The teacher already tokenized the conversation with its own chat template: pair
-        the k-th trained run (assistant turn) of each side and align inside it."""
+        """The teacher already tokenized the conversation with its own chat template: the
+        k-th trained run (assistant turn) of each side are aligned together."""
         state = self._setup()
         student_runs = [run for run in _runs(labels) if run[2]]
         teacher_runs = [run for run in _runs(teacher_labels) if run[2]]
@@ -126,33 +151,46 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
                 f"dskd_teacher_chat_template: the student's template trains {len(student_runs)} spans of this row "
                 f"and the teacher's {len(teacher_runs)}; use templates that train the same assistant turns"
             )
-        pairs = []
-        for (s_start, s_end, _), (t_start, t_end, _) in zip(student_runs, teacher_runs, strict=True):
-            run_pairs = self._align(input_ids[s_start:s_end], teacher_ids[t_start:t_end], state)
-            run_pairs = run_pairs + [s_start, t_start] - 1
-            pairs.append(run_pairs[(run_pairs >= 0).all(axis=1)])
-        all_pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
-        return TeacherRow(list(teacher_ids), list(teacher_labels), all_pairs)
-
-    def _align(self, student_run: list[int], teacher_run: list[int], state: dict[str, Any]) -> np.ndarray:
-        student_eos, teacher_eos = self.tokenizer.eos_token_id, state["teacher"].eos_token_id
-        if self.alignment == "eta_strict":
-            return eta_strict_pairs(
-                self.tokenizer.convert_ids_to_tokens(student_run),
-                state["teacher"].convert_ids_to_tokens(teacher_run),
-                self.tokenizer.eos_token,
-                state["teacher"].eos_token,
+        runs = [
+            TrainedRun(
+                input_ids[s_start:s_end],
+                teacher_ids[t_start:t_end],
+                state["student_bytes"].spell(input_ids[s_start:s_end]),
+                s_start,
+                t_start,
             )
-        spelled = byte_spans(student_run, state["student_table"])[2]
-        return exact_pairs_batch(
-            [student_run],
-            [teacher_run],
-            [spelled],
+            for (s_start, s_end, _), (t_start, t_end, _) in zip(student_runs, teacher_runs, strict=True)
+        ]
+        return TeacherRow(list(teacher_ids), list(teacher_labels), runs)
+
+    def aligned_pairs(self, rows: list[TeacherRow]) -> np.ndarray:
+        """[pairs, 3] (row, student label position, teacher label position) for every
+        trained run of the batch, aligned in one compiled call."""
+        state = self._setup()
+        runs = [run for row in rows for run in row.runs]
+        run_rows = np.array([index for index, row in enumerate(rows) for _ in row.runs], dtype=np.int64)
+        pairs = align_flat(
+            self.alignment,
+            FlatSequences.from_lists([run.student_ids for run in runs]),
+            FlatSequences.from_lists([run.teacher_ids for run in runs]),
+            FlatSequences.from_bytes([run.text for run in runs]),
             state["student_vocab"],
             state["teacher_vocab"],
-            student_eos,
-            teacher_eos,
-        )[0]
+            self.tokenizer.eos_token_id,
+            state["teacher"].eos_token_id,
+        )
+        run_of_pair = pairs[:, 0]
+        student_starts = np.array([run.student_start for run in runs], dtype=np.int64)
+        teacher_starts = np.array([run.teacher_start for run in runs], dtype=np.int64)
+        # label positions in the causal-shift coordinates of labels[:, 1:]
+        shifted = np.column_stack(
+            [
+                run_rows[run_of_pair],
+                pairs[:, 1] + student_starts[run_of_pair] - 1,
+                pairs[:, 2] + teacher_starts[run_of_pair] - 1,
+            ]
+        )
+        return shifted[(shifted[:, 1:] >= 0).all(axis=1)]
 
     def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None) -> dict[str, Any]:
         if features and isinstance(features[0], list):
@@ -177,6 +215,5 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
             [[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in rows]
         )
         batch["teacher_labels"] = torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in rows])
-        pairs = [np.column_stack([np.full(len(r.pairs), index), r.pairs]) for index, r in enumerate(rows)]
-        batch["dskd_pairs"] = torch.from_numpy(np.concatenate(pairs).astype(np.int64)).reshape(-1, 3)
+        batch["dskd_pairs"] = torch.from_numpy(self.aligned_pairs(rows))
         return batch

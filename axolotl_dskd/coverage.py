@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from axolotl_dskd.alignment import ByteVocab, eta_strict_pairs, exact_pairs_batch
-from axolotl_dskd.vocab import VocabBridge, token_bytes_table
+from axolotl_dskd.alignment import ByteVocab, FlatSequences, align_flat, per_sample
+from axolotl_dskd.vocab import VocabBridge, marker_free_table, token_bytes_table
 
 BUILTIN_TOKENIZERS = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 
@@ -56,33 +56,29 @@ class Aligner:
     def __init__(self, student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, alignment: str) -> None:
         self.student, self.teacher, self.alignment = student, teacher, alignment
         self.student_table, self.teacher_table = token_bytes_table(student), token_bytes_table(teacher)
-        self.student_vocab = ByteVocab.from_table(self.student_table)
-        self.teacher_vocab = ByteVocab.from_table(self.teacher_table)
+        if alignment == "eta_strict":
+            self.student_vocab = ByteVocab.from_table(marker_free_table(student))
+            self.teacher_vocab = ByteVocab.from_table(marker_free_table(teacher))
+        else:
+            self.student_vocab = ByteVocab.from_table(self.student_table)
+            self.teacher_vocab = ByteVocab.from_table(self.teacher_table)
 
     @staticmethod
     def _encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
         return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def pairs(self, student_ids: list[list[int]], teacher_ids: list[list[int]], texts: list[str]) -> list[np.ndarray]:
-        if self.alignment == "eta_strict":
-            return [
-                eta_strict_pairs(
-                    self.student.convert_ids_to_tokens(s_ids),
-                    self.teacher.convert_ids_to_tokens(t_ids),
-                    self.student.eos_token,
-                    self.teacher.eos_token,
-                )
-                for s_ids, t_ids in zip(student_ids, teacher_ids, strict=True)
-            ]
-        return exact_pairs_batch(
-            student_ids,
-            teacher_ids,
-            [text.encode("utf-8") for text in texts],
+        rows = align_flat(
+            self.alignment,
+            FlatSequences.from_lists(student_ids),
+            FlatSequences.from_lists(teacher_ids),
+            FlatSequences.from_bytes([text.encode("utf-8") for text in texts]),
             self.student_vocab,
             self.teacher_vocab,
             self.student.eos_token_id,
             self.teacher.eos_token_id,
         )
+        return per_sample(rows, len(texts))
 
     def align(self, texts: list[str]) -> list[AlignedText]:
         student_ids, teacher_ids = self._encode(self.student, texts), self._encode(self.teacher, texts)

@@ -36,23 +36,32 @@ class DivergenceConfig:
     adaptive_kl_alpha: float = 0.5
 
 
-def log_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) in fp32, with non-finite logits excluded (log prob -inf)."""
+def log_probs(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, bool]:
+    """log softmax(logits / T) in fp32, with non-finite logits excluded (log prob -inf), and
+    whether any was excluded. A finite sum proves every logit finite in one reduction, so
+    the usual all-finite case skips the masking passes."""
     scaled = logits.float() / temperature
-    scaled = scaled.masked_fill(~torch.isfinite(scaled), float("-inf"))
-    return torch.log_softmax(scaled, dim=-1)
+    if torch.isfinite(scaled.sum()):
+        return torch.log_softmax(scaled, dim=-1), False
+    return torch.log_softmax(
+        torch.nan_to_num(scaled, nan=-torch.inf, posinf=-torch.inf, neginf=-torch.inf), dim=-1
+    ), True
 
 
-def _weighted_log_ratio(log_w: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+def _weighted_log_ratio(log_w: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, masked: bool) -> torch.Tensor:
     """Sum over the vocab of w * (log a - log b), where entries with w == 0 add nothing."""
     weight = log_w.exp()
+    if not masked:  # all log values finite: no 0 * inf to guard against
+        return (weight * (log_a - log_b)).sum(-1)
     # mask before multiplying: 0 * (-inf - -inf) would be NaN, and so would its gradient
     log_ratio = torch.where(weight > 0, log_a - log_b, torch.zeros_like(log_a))
     return (weight * log_ratio).sum(-1)
 
 
-def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float, masked: bool) -> torch.Tensor:
     """log(weight_a * a + (1 - weight_a) * b), computed stably from log a and log b."""
+    if not masked:
+        return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log1p(-weight_a))
     # logaddexp(-inf, -inf) has a NaN gradient; feed it zeros there and put -inf back after
     excluded = torch.isneginf(log_a) & torch.isneginf(log_b)
     safe_a = log_a.masked_fill(excluded, 0.0)
@@ -61,30 +70,34 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch
     return mixed.masked_fill(excluded, float("-inf"))
 
 
-def forward_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
-    return _weighted_log_ratio(log_p, log_p, log_q)
+# Each divergence: (log p, log q, config, masked: whether some log prob is -inf) -> [rows]
 
 
-def reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
-    return _weighted_log_ratio(log_q, log_q, log_p)
+def forward_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig, masked: bool) -> torch.Tensor:
+    return _weighted_log_ratio(log_p, log_p, log_q, masked)
 
 
-def js(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
-    log_m = _log_mix(log_p, log_q, 0.5)
-    return 0.5 * _weighted_log_ratio(log_p, log_p, log_m) + 0.5 * _weighted_log_ratio(log_q, log_q, log_m)
+def reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig, masked: bool) -> torch.Tensor:
+    return _weighted_log_ratio(log_q, log_q, log_p, masked)
 
 
-def skewed_forward_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
+def js(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig, masked: bool) -> torch.Tensor:
+    log_m = _log_mix(log_p, log_q, 0.5, masked)
+    to_p, to_q = _weighted_log_ratio(log_p, log_p, log_m, masked), _weighted_log_ratio(log_q, log_q, log_m, masked)
+    return 0.5 * to_p + 0.5 * to_q
+
+
+def skewed_forward_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig, masked: bool) -> torch.Tensor:
     """DistiLLM's SKL: KL(p || lambda p + (1 - lambda) q)."""
-    return _weighted_log_ratio(log_p, log_p, _log_mix(log_p, log_q, cfg.skew_lambda))
+    return _weighted_log_ratio(log_p, log_p, _log_mix(log_p, log_q, cfg.skew_lambda, masked), masked)
 
 
-def skewed_reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
+def skewed_reverse_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig, masked: bool) -> torch.Tensor:
     """DistiLLM's SRKL: KL(q || (1 - lambda) p + lambda q)."""
-    return _weighted_log_ratio(log_q, log_q, _log_mix(log_p, log_q, 1.0 - cfg.skew_lambda))
+    return _weighted_log_ratio(log_q, log_q, _log_mix(log_p, log_q, 1.0 - cfg.skew_lambda, masked), masked)
 
 
-def adaptive_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
+def adaptive_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig, masked: bool) -> torch.Tensor:
     """AKL (Wu et al. 2024): FKL and RKL weighted by the detached head/tail gaps of p.
 
     The tail is the set of smallest target probabilities whose cumulative sum stays
@@ -97,14 +110,15 @@ def adaptive_kl(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig)
     gap_tail = (gap * in_tail).sum(-1)
     gap_head = (gap * ~in_tail).sum(-1)
     total = (gap_head + gap_tail).clamp_min(torch.finfo(gap.dtype).tiny)
-    return (gap_head / total) * forward_kl(log_p, log_q, cfg) + (gap_tail / total) * reverse_kl(log_p, log_q, cfg)
+    head_weight, tail_weight = gap_head / total, gap_tail / total
+    return head_weight * forward_kl(log_p, log_q, cfg, masked) + tail_weight * reverse_kl(log_p, log_q, cfg, masked)
 
 
-def tvd(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
+def tvd(log_p: torch.Tensor, log_q: torch.Tensor, cfg: DivergenceConfig, masked: bool) -> torch.Tensor:
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 
-_BY_NAME: dict[str, Callable[[torch.Tensor, torch.Tensor, DivergenceConfig], torch.Tensor]] = {
+_BY_NAME: dict[str, Callable[[torch.Tensor, torch.Tensor, DivergenceConfig, bool], torch.Tensor]] = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
     "js": js,
@@ -117,6 +131,6 @@ _BY_NAME: dict[str, Callable[[torch.Tensor, torch.Tensor, DivergenceConfig], tor
 
 def divergence(target_logits: torch.Tensor, student_logits: torch.Tensor, cfg: DivergenceConfig) -> torch.Tensor:
     """D(softmax(target/T) || softmax(student/T)) per row, as configured."""
-    log_p = log_probs(target_logits, cfg.temperature)
-    log_q = log_probs(student_logits, cfg.temperature)
-    return _BY_NAME[cfg.name](log_p, log_q, cfg)
+    log_p, p_masked = log_probs(target_logits, cfg.temperature)
+    log_q, q_masked = log_probs(student_logits, cfg.temperature)
+    return _BY_NAME[cfg.name](log_p, log_q, cfg, p_masked or q_masked)

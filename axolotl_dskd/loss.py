@@ -1,9 +1,11 @@
 """The dual-space KD loss over gathered rows, computed chunk by chunk.
 
 Inputs are hidden states already gathered at the positions that enter the loss (one row
-per response token), never logits. Each chunk of rows is turned into logits, scored and
-dropped; `torch.utils.checkpoint` recomputes each chunk but the last in the backward pass, so no
-[rows x vocab] tensor for the whole batch exists in forward or backward.
+per response token), never logits. Each chunk of rows is turned into logits, scored,
+differentiated and dropped inside the forward pass (the way Liger-Kernel's chunked losses
+work): only the small gradients for the hidden rows, the student head and the projector
+are kept, and backward just scales them. No [rows x vocab] tensor exists for the whole
+batch, and no chunk is computed twice.
 
 All terms are *sums* over rows; the caller divides by the number of response tokens in
 the global batch, which keeps gradient accumulation and data parallelism exact.
@@ -11,11 +13,10 @@ the global batch, which keeps gradient accumulation and data parallelism exact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from axolotl_dskd.divergences import DivergenceConfig, divergence
 
@@ -48,7 +49,7 @@ class Heads:
     teacher_head: torch.Tensor  # [V_t, D], frozen
     student_vocab: int
     teacher_vocab: int
-    t2s_projector: torch.nn.Module | None = None  # D -> d
+    t2s_weight: torch.Tensor | None = None  # [d, D] trainable teacher -> student projector
     s2t_weight: torch.Tensor | None = None  # [D, d], built from the detached student head
     teacher_to_student: torch.Tensor | None = None
 
@@ -90,7 +91,7 @@ def _pair_terms(
     t2s_label = teacher_pred if heads.teacher_to_student is None else heads.teacher_to_student[teacher_pred]
     valid = t2s_label >= 0  # the teacher's prediction has a student token: otherwise skip the pair
     # student space: teacher hidden -> student hidden, decoded by the detached student head
-    projected_teacher = heads.t2s_projector(teacher_hidden.float())
+    projected_teacher = F.linear(teacher_hidden.float(), heads.t2s_weight)
     t2s_logits = _logits(projected_teacher, heads.student_head.detach())
     t2s_ce = F.cross_entropy(t2s_logits, torch.where(valid, t2s_label, -100), reduction="sum")
     t2s_pred = t2s_logits[:, : heads.student_vocab].argmax(-1)
@@ -109,45 +110,94 @@ def _pair_terms(
     return sums, counts.float()
 
 
-def loss_sums(
+def term_weights(cfg: LossConfig) -> torch.Tensor:
+    """d loss / d sums for LOSS_TERMS: (1 - alpha) for the gold CE, alpha for each KD term."""
+    return torch.tensor([1.0 - cfg.kd_ratio] + [cfg.kd_ratio] * (len(LOSS_TERMS) - 1))
+
+
+def _chunks(n_rows: int, n_pairs: int, chunk_size: int):
+    """(function, student rows, teacher rows) per chunk: aligned pairs, then lone rows."""
+    for start in range(0, n_rows, chunk_size):
+        stop = min(start + chunk_size, n_rows)
+        if start < min(stop, n_pairs):
+            yield _pair_terms, slice(start, min(stop, n_pairs))
+        if stop > n_pairs:
+            yield _ce_only, slice(max(start, n_pairs), stop)
+
+
+def _leaf(tensor: torch.Tensor | None, needs_grad: bool) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().requires_grad_(needs_grad)
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Weighted loss sum whose gradients are computed chunk by chunk during forward."""
+
+    @staticmethod
+    def forward(ctx, weights, student_hidden, student_head, t2s_weight, teacher_hidden, labels, heads, cfg):
+        needs = ctx.needs_input_grad[1:4]
+        grads = [
+            torch.zeros(t.shape, dtype=torch.float32, device=t.device) if t is not None and need else None
+            for t, need in zip((student_hidden, student_head, t2s_weight), needs, strict=True)
+        ]
+        sums = student_hidden.new_zeros(len(LOSS_TERMS), dtype=torch.float32)
+        counts = student_hidden.new_zeros(len(COUNTS), dtype=torch.float32)
+        weights = weights.to(sums.device)
+        for chunk_fn, rows in _chunks(labels.numel(), teacher_hidden.shape[0], cfg.chunk_size):
+            with torch.enable_grad():
+                hidden = _leaf(student_hidden[rows], needs[0])
+                head, projector = _leaf(student_head, needs[1]), _leaf(t2s_weight, needs[2])
+                chunk_heads = replace(heads, student_head=head, t2s_weight=projector)
+                if chunk_fn is _pair_terms:
+                    chunk_sums, chunk_counts = _pair_terms(hidden, teacher_hidden[rows], labels[rows], chunk_heads, cfg)
+                else:
+                    chunk_sums, chunk_counts = _ce_only(hidden, labels[rows], chunk_heads)
+                leaves = [(k, t) for k, t in enumerate((hidden, head, projector)) if t is not None and t.requires_grad]
+                if leaves:
+                    chunk_grads = torch.autograd.grad(
+                        (chunk_sums * weights).sum(), [t for _, t in leaves], allow_unused=True
+                    )
+                    for (k, _), grad in zip(leaves, chunk_grads, strict=True):
+                        if grad is not None and k == 0:
+                            grads[0][rows] += grad.float()
+                        elif grad is not None:
+                            grads[k] += grad.float()
+            sums += chunk_sums.detach()
+            counts += chunk_counts.detach()
+        ctx.save_for_backward(
+            *(
+                g if g is None else g.to(t.dtype)
+                for g, t in zip(grads, (student_hidden, student_head, t2s_weight), strict=True)
+            )
+        )
+        ctx.mark_non_differentiable(sums, counts)
+        return (sums * weights).sum(), sums, counts
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_sums, _grad_counts):
+        scaled = [None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors]
+        return None, *scaled, None, None, None, None
+
+
+def chunked_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
     labels: torch.Tensor,
     heads: Heads,
     cfg: LossConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of every loss term and count over all rows, one chunk of rows at a time.
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum_k weights[k] * sums[k] (differentiable), sums of LOSS_TERMS, COUNTS) over all
+    rows, one chunk of rows at a time; weights default to `term_weights(cfg)`.
 
     The first len(teacher_hidden) student rows are paired with the teacher rows, in order;
     the remaining student rows (unaligned, cross-tokenizer) only enter the gold CE.
     """
-    sums = student_hidden.new_zeros(len(LOSS_TERMS), dtype=torch.float32)
-    counts = student_hidden.new_zeros(len(COUNTS), dtype=torch.float32)
-    n_rows, n_pairs = labels.numel(), teacher_hidden.shape[0]
-    for start in range(0, n_rows, cfg.chunk_size):
-        stop = min(start + cfg.chunk_size, n_rows)
-        paired = slice(start, min(stop, n_pairs))
-        pieces = []
-        if paired.start < paired.stop:
-            pieces.append((_pair_terms, (student_hidden[paired], teacher_hidden[paired], labels[paired], heads, cfg)))
-        if stop > n_pairs:
-            alone = slice(max(start, n_pairs), stop)
-            pieces.append((_ce_only, (student_hidden[alone], labels[alone], heads)))
-        for chunk_fn, chunk_args in pieces:
-            if stop < n_rows:
-                chunk_sums, chunk_counts = checkpoint(chunk_fn, *chunk_args, use_reentrant=False)
-            else:  # backward starts with the last chunk, so recomputing it would save no memory
-                chunk_sums, chunk_counts = chunk_fn(*chunk_args)
-            sums = sums + chunk_sums
-            counts = counts + chunk_counts.detach()
-    return sums, counts
+    weights = term_weights(cfg) if weights is None else weights
+    return _ChunkedLoss.apply(
+        weights, student_hidden, heads.student_head, heads.t2s_weight, teacher_hidden, labels, heads, cfg
+    )
 
 
 def kd_sum(sums: torch.Tensor) -> torch.Tensor:
     """All KD terms together: every entry of LOSS_TERMS after the gold CE."""
     return sums[1:].sum()
-
-
-def combine(sums: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
-    """(1 - alpha) * CE + alpha * KD."""
-    return (1.0 - cfg.kd_ratio) * sums[0] + cfg.kd_ratio * kd_sum(sums)

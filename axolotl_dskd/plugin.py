@@ -38,7 +38,7 @@ class DSKDPlugin(BasePlugin):
         return "axolotl_dskd.args.DSKDTrainingArgsMixin"
 
     def get_training_args(self, cfg: Any) -> dict[str, Any]:
-        return {key: cfg[key] for key in DSKD_KEYS if cfg[key] is not None}
+        return {key: cfg[key] for key in DSKD_KEYS if cfg[key] is not None} | {"dskd_sequence_len": cfg.sequence_len}
 
     def get_trainer_cls(self, cfg: Any) -> type:
         from axolotl_dskd.trainer import DSKDTrainer

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from axolotl_dskd.collator import TEACHER_FIELDS
-from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, combine, kd_sum, loss_sums
+from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, chunked_loss, kd_sum, term_weights
 from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.teacher import last_hidden_state, output_head
 from axolotl_dskd.vocab import VocabBridge
@@ -114,10 +114,44 @@ class DistillationStep(nn.Module):
             teacher_head,
             self.student_vocab,
             self.teacher_vocab,
-            self.t2s_projector,
+            None if self.t2s_projector is None else self.t2s_projector.weight,
             s2t_weight,
             to_student,
         )
+
+    def _score(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], heads: Heads, weights: torch.Tensor, with_teacher: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weighted loss sum, term sums, counts, zero anchor) of one batch. Without the
+        teacher every response row only enters the gold CE."""
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
+        cross = self.bridge is not None and with_teacher
+        rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
+        outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
+        student_hidden = outputs.hidden_states[-1]
+        if with_teacher:
+            with torch.no_grad():
+                teacher_device = output_head(self.teacher).device
+                prefix = "teacher_" if cross else ""
+                teacher_hidden = last_hidden_state(
+                    self.teacher,
+                    inputs[prefix + "input_ids"].to(teacher_device),
+                    inputs[prefix + "attention_mask"].to(teacher_device),
+                )
+            teacher_rows = rows.teacher_rows(teacher_hidden).to(student_hidden.device)
+        else:
+            teacher_rows = student_hidden.new_zeros((0, heads.teacher_head.shape[1]))
+        weighted, sums, counts = chunked_loss(
+            rows.student_rows(student_hidden),
+            teacher_rows,
+            rows.labels.to(student_hidden.device),
+            heads,
+            self.loss_cfg,
+            weights,
+        )
+        # keeps every trainable tensor in the graph when a micro-batch has no response token
+        anchor = student_hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.parameters())
+        return weighted, sums, counts, anchor
 
     def forward(
         self,
@@ -125,33 +159,30 @@ class DistillationStep(nn.Module):
         student_head: torch.Tensor,
         inputs: dict[str, torch.Tensor],
         num_items_in_batch: torch.Tensor | int | None = None,
+        kd_inputs: dict[str, torch.Tensor] | None = None,
+        kd_divisor: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss = [(1-a) CE + a KD] summed over response rows / global response rows."""
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
-        cross = self.bridge is not None
-        rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
-        outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
-        student_hidden = outputs.hidden_states[-1]
-        with torch.no_grad():
-            teacher_device = output_head(self.teacher).device
-            prefix = "teacher_" if cross else ""
-            teacher_hidden = last_hidden_state(
-                self.teacher,
-                inputs[prefix + "input_ids"].to(teacher_device),
-                inputs[prefix + "attention_mask"].to(teacher_device),
-            )
-        sums, counts = loss_sums(
-            rows.student_rows(student_hidden),
-            rows.teacher_rows(teacher_hidden).to(student_hidden.device),
-            rows.labels.to(student_hidden.device),
-            self.heads(student_head),
-            self.loss_cfg,
-        )
-        denominator = num_items_in_batch if num_items_in_batch is not None else counts[0].clamp_min(1)
-        # keeps every trainable tensor in the graph when a micro-batch has no response token
-        anchor = student_hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.parameters())
-        loss = combine(sums, self.loss_cfg) / denominator + anchor
-        return loss, self.metrics(sums.detach(), counts)
+        """Loss = [(1-a) CE + a KD] summed over response rows / global response rows.
+
+        On-policy (`kd_inputs`: the student's own samples for the same prompts), the gold
+        batch gives only the CE and the KD terms come from `kd_inputs`, divided by its own
+        response-row count times `kd_divisor` (micro-batches per step x processes), so a
+        step's KD is the mean over its on-policy micro-batches wherever they ran.
+        """
+        heads = self.heads(student_head)
+        weights = term_weights(self.loss_cfg)
+        if kd_inputs is None:
+            weighted, sums, counts, anchor = self._score(model, inputs, heads, weights, with_teacher=True)
+            denominator = num_items_in_batch if num_items_in_batch is not None else counts[0].clamp_min(1)
+            return weighted / denominator + anchor, self.metrics(sums, counts)
+        gold_only = torch.zeros_like(weights)
+        gold_only[0] = weights[0]
+        gold, gold_sums, gold_counts, gold_anchor = self._score(model, inputs, heads, gold_only, with_teacher=False)
+        kd, kd_sums, kd_counts, kd_anchor = self._score(model, kd_inputs, heads, weights - gold_only, with_teacher=True)
+        denominator = num_items_in_batch if num_items_in_batch is not None else gold_counts[0].clamp_min(1)
+        loss = gold / denominator + kd / (kd_counts[0].clamp_min(1) * kd_divisor) + gold_anchor + kd_anchor
+        metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_sums[0].item() / max(gold_counts[0].item(), 1)}
+        return loss, metrics
 
     def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
         """Per-token means over this micro-batch, for logging."""

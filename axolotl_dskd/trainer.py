@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
@@ -16,6 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from axolotl_dskd.collator import TEACHER_COLUMNS
 from axolotl_dskd.divergences import DivergenceConfig
 from axolotl_dskd.loss import LossConfig
+from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch
 from axolotl_dskd.step import DistillationStep
 from axolotl_dskd.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
 from axolotl_dskd.vocab import VocabBridge, same_vocabulary, teacher_tokenizer
@@ -86,18 +88,64 @@ class DSKDTrainer(AxolotlTrainer):
         )
         if self.distill.t2s_projector is not None:
             self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
+        self.on_policy = OnPolicyConfig(
+            ratio=self.args.dskd_on_policy_ratio,
+            start_step=self.args.dskd_on_policy_start_step,
+            max_new_tokens=self.args.dskd_on_policy_max_new_tokens,
+            temperature=self.args.dskd_on_policy_temperature,
+            top_p=self.args.dskd_on_policy_top_p,
+            top_k=self.args.dskd_on_policy_top_k,
+            seed=self.args.seed,
+        )
+        self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
 
     def _set_signature_columns_if_needed(self):
         """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""
         super()._set_signature_columns_if_needed()
         self._signature_columns += [c for c in TEACHER_COLUMNS if c not in self._signature_columns]
 
+    def _on_policy_inputs(self, model, inputs) -> tuple[dict | None, dict[str, float]]:
+        """The student's own samples for this micro-batch's prompts when its coin says so."""
+        step, seen = self._micro_batch
+        seen = seen + 1 if step == self.state.global_step else 0
+        self._micro_batch = (self.state.global_step, seen)
+        if not self.on_policy.samples(self.state.global_step, seen):
+            return None, {"on_policy": 0.0}
+        tokenizer = self.processing_class
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        start = time.perf_counter()
+        sampled = sampled_batch(
+            self.accelerator.unwrap_model(model),
+            inputs,
+            self.on_policy,
+            self.data_collator,
+            pad_id=pad_id,
+            eos_id=tokenizer.eos_token_id,
+            max_length=self.args.dskd_sequence_len or tokenizer.model_max_length,
+            seed=self.on_policy.seed * 1_000_003 + self.state.global_step * 1009 + seen,
+        )
+        return self._prepare_inputs(sampled), {"on_policy": 1.0, "on_policy_gen_seconds": time.perf_counter() - start}
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         student_head = output_head(self.accelerator.unwrap_model(model))
-        loss, metrics = self.distill(model, student_head, inputs, num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # DDP averages gradients over ranks; the loss is already divided by the global count
-            loss = loss * self.accelerator.num_processes
+        kd_inputs, on_policy_metrics = None, {}
+        if model.training and self.on_policy.ratio > 0:
+            kd_inputs, on_policy_metrics = self._on_policy_inputs(model, inputs)
+        micro_batches = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        # DDP averages gradients over ranks, and the loss is divided by the global count:
+        # scale back up by the number of ranks
+        ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        ranks = ranks if num_items_in_batch is not None else 1
+        loss, metrics = self.distill(
+            model,
+            student_head,
+            inputs,
+            num_items_in_batch,
+            kd_inputs=kd_inputs,
+            kd_divisor=micro_batches * ranks,
+        )
+        loss = loss * ranks
+        metrics |= on_policy_metrics
         if model.training:
             self.store_metrics(metrics, train_eval="train")
         else:  # eval logs carry eval_* keys, so trackers file them under eval/

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from axolotl_dskd.alignment import marker_free
+
 
 @lru_cache(maxsize=8)
 def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -101,6 +103,14 @@ def token_bytes_table(tokenizer: PreTrainedTokenizerBase) -> list[bytes | None]:
             table[token_id] = None if added[token_id].special else added[token_id].content.encode("utf-8")
         else:
             table[token_id] = _token_bytes(token, byte_level)
+    return table
+
+
+def marker_free_table(tokenizer: PreTrainedTokenizerBase) -> list[bytes]:
+    """For each id, its vocabulary string as the paper's ETA compares it ('▁', 'Ġ' removed)."""
+    table = [b""] * len(tokenizer)
+    for token, token_id in tokenizer.get_vocab().items():
+        table[token_id] = marker_free(token)
     return table
 
 

@@ -32,7 +32,7 @@ def worker(variant: str, rows: int, chunk_size: int) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.reference_loss
-    from axolotl_dskd.loss import Heads, LossConfig, combine, loss_sums
+    from axolotl_dskd.loss import Heads, LossConfig, chunked_loss
     from axolotl_dskd.projectors import T2SProjector
     from tests.reference_loss import reference_dskd
 
@@ -42,7 +42,8 @@ def worker(variant: str, rows: int, chunk_size: int) -> None:
     labels = torch.randint(0, V_S, (rows,))
     student_head = torch.nn.Parameter(torch.randn(V_S, D_S) * 0.05)
     teacher_head = torch.randn(V_T, D_T) * 0.05
-    heads = Heads(student_head, teacher_head, V_S, V_S, T2SProjector(D_T, D_S), torch.randn(D_T, D_S) * 0.05)
+    projector = T2SProjector(D_T, D_S).weight
+    heads = Heads(student_head, teacher_head, V_S, V_S, projector, torch.randn(D_T, D_S) * 0.05)
     cfg = LossConfig(chunk_size=chunk_size)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS counter
     resident = _status_kib("VmRSS")
@@ -50,7 +51,7 @@ def worker(variant: str, rows: int, chunk_size: int) -> None:
     if variant == "reference":
         loss = reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
     else:
-        loss = combine(loss_sums(student_hidden, teacher_hidden, labels, heads, cfg)[0], cfg)
+        loss = chunked_loss(student_hidden, teacher_hidden, labels, heads, cfg)[0]
     loss.backward()
     seconds = time.perf_counter() - start
     added_mib = (_status_kib("VmHWM") - resident) / 1024

@@ -96,6 +96,21 @@ def main() -> None:
         with torch.no_grad():
             last_hidden_state(teacher, inputs["input_ids"], inputs["attention_mask"])
 
+    response = inputs["labels"][:, 1:] != -100
+    with torch.no_grad():
+        teacher_rows = last_hidden_state(teacher, inputs["input_ids"], inputs["attention_mask"])[:, :-1][response]
+    student_rows = torch.randn(n_loss_tokens, teacher_rows.shape[1], requires_grad=True)
+    response_labels = inputs["labels"][:, 1:][response]
+
+    def teacher_head() -> None:
+        with torch.no_grad():
+            torch.nn.functional.linear(teacher_rows, output_head(teacher))
+
+    def student_head_and_ce() -> None:
+        logits = torch.nn.functional.linear(student_rows, output_head(student))
+        torch.nn.functional.cross_entropy(logits, response_labels).backward()
+        student_rows.grad = None
+
     def student_forward_backward() -> None:
         out = student(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=True, logits_to_keep=1)
         out.hidden_states[-1].sum().backward()
@@ -120,7 +135,10 @@ def main() -> None:
     dskd_time = timed(dskd, args.repeats)
     teacher_time = timed(teacher_forward, args.repeats)
     body_time = timed(student_forward_backward, args.repeats)
+    teacher_head_time = timed(teacher_head, args.repeats)
+    own_head_time = timed(student_head_and_ce, args.repeats)
     rest = dskd_time - teacher_time - body_time
+    outside = rest - teacher_head_time - own_head_time
     mode = "full fine-tune" if args.full else "LoRA r=16 all-linear"
     print(f"student: SmolLM2-135M-Instruct first {DEMO_STUDENT_LAYERS} layers, {mode}; teacher: SmolLM2-135M-Instruct")
     shape = tuple(inputs["input_ids"].shape)
@@ -130,6 +148,10 @@ def main() -> None:
     print(f"  teacher forward                {teacher_time:8.3f} s  ({teacher_time / dskd_time:5.1%})")
     print(f"  student body fwd+bwd           {body_time:8.3f} s  ({body_time / dskd_time:5.1%})")
     print(f"  loss, projectors, heads        {rest:8.3f} s  ({rest / dskd_time:5.1%})")
+    print("    of which each model's own head on the loss rows (student: + CE, fwd+bwd; teacher: fwd)")
+    print(f"      student head + CE          {own_head_time:8.3f} s  ({own_head_time / dskd_time:5.1%})")
+    print(f"      teacher head               {teacher_head_time:8.3f} s  ({teacher_head_time / dskd_time:5.1%})")
+    print(f"    outside both models (projections, KD terms, projector)  {outside:8.3f} s  ({outside / dskd_time:5.1%})")
     print(f"ratio DSKD / SFT step time: {dskd_time / sft_time:.2f}x")
     for name, seconds in collate_times.items():
         print(f"collation, {name:26s} {seconds * 1000:8.1f} ms  ({seconds / dskd_time:6.2%} of the DSKD step)")

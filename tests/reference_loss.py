@@ -24,7 +24,7 @@ def reference_dskd(
     with torch.no_grad():
         z_t = _logits(teacher_hidden, heads.teacher_head)
     teacher_pred = z_t[:, :vocab].argmax(-1)
-    z_t2s = _logits(heads.t2s_projector(teacher_hidden.float()), heads.student_head.detach())
+    z_t2s = _logits(F.linear(teacher_hidden.float(), heads.t2s_weight), heads.student_head.detach())
     agree = (z_t2s[:, :vocab].argmax(-1) == teacher_pred).float()
     t2s_kd = divergence(z_t2s.detach(), z_s, cfg.divergence)
     if cfg.agreement_mask:

@@ -174,3 +174,26 @@ def test_teacher_renders_conversations_with_its_own_chat_template(tiny, tmp_path
     run_dir = _train(AXOLOTL, cfg, tmp_path)
     history = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     assert all(0.2 < entry["align_ratio"] <= 1.0 for entry in history if "loss" in entry), history
+
+
+@pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
+def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: str) -> None:
+    teacher_dir = tiny.teacher if teacher == "same_vocabulary" else tiny.cross_teacher
+    cfg = lora(base_config(tiny.student, teacher_dir, tiny.data, tmp_path))
+    cfg |= {
+        "dskd_on_policy_ratio": 1.0,
+        "dskd_on_policy_max_new_tokens": 12,
+        "dskd_on_policy_temperature": 1.2,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 3,
+        "save_steps": 3,
+    }
+    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    history = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    logged = [entry for entry in history if "loss" in entry]
+    assert len(logged) == 3
+    for entry in logged:
+        assert entry["on_policy"] == 1.0 and entry["on_policy_gen_seconds"] > 0
+        assert torch.isfinite(torch.tensor(entry["loss"])) and entry["kd_loss"] > 0
+    if teacher == "cross_tokenizer":
+        assert all(0.0 < entry["align_ratio"] <= 1.0 for entry in logged)

@@ -1,0 +1,132 @@
+"""On-policy DSKD (DSKDv2 section 5): the KD terms of a micro-batch read responses the
+student sampled itself for the batch's prompts, instead of the gold responses.
+
+The gold batch keeps the CE. Here: which micro-batches sample (a seeded coin per
+micro-batch), the left-padded prompt batch, generation with the KV cache, and the rows
+of the sampled batch (prompt masked, response trained, EOS kept as in off-policy rows),
+which the trainer's own collator then pads and, across tokenizers, re-tokenizes and
+aligns exactly as it does off-policy rows.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class OnPolicyConfig:
+    """dskd_on_policy_* YAML keys; `seed` is the run's seed."""
+
+    ratio: float = 0.0
+    start_step: int = 0
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 42
+
+    def samples(self, global_step: int, micro_batch: int) -> bool:
+        """The coin for one micro-batch: a pure function of the seed and the position in
+        training, so a resumed run flips the same coins."""
+        if self.ratio <= 0 or global_step < self.start_step:
+            return False
+        return random.Random(f"{self.seed}:{global_step}:{micro_batch}").random() < self.ratio
+
+
+def prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
+    """Each row's tokens before its first trained label (its padding dropped)."""
+    rows = []
+    for ids, mask, row_labels in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist(), strict=True):
+        real = [token for token, keep in zip(ids, mask, strict=True) if keep]
+        trained = [k for k, label in enumerate(row_labels[: len(real)]) if label != IGNORE_INDEX]
+        rows.append(real[: trained[0]] if trained else real)
+    return rows
+
+
+def left_padded(prompt_rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) with every prompt ending at the last column, as
+    generation needs; the model derives position ids from the mask."""
+    width = max(len(row) for row in prompt_rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(row)) + row for row in prompt_rows])
+    attention_mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in prompt_rows])
+    return input_ids, attention_mask
+
+
+def sampled_rows(prompt_rows: list[list[int]], generated: torch.Tensor, eos_id: int) -> list[dict[str, list[int]]]:
+    """Unpadded training rows: prompt (masked) + the sampled response up to and including
+    its first EOS (trained); what generation wrote after that EOS is padding."""
+    rows = []
+    for prompt, response in zip(prompt_rows, generated.tolist(), strict=True):
+        if eos_id in response:
+            response = response[: response.index(eos_id) + 1]
+        ids = prompt + response
+        rows.append(
+            {
+                "input_ids": ids,
+                "attention_mask": [1] * len(ids),
+                "labels": [IGNORE_INDEX] * len(prompt) + response,
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def sample(
+    model: PreTrainedModel,
+    prompt_rows: list[list[int]],
+    cfg: OnPolicyConfig,
+    pad_id: int,
+    eos_id: int,
+    max_length: int,
+    seed: int,
+) -> torch.Tensor:
+    """The student's continuations [rows, new tokens], sampled with its KV cache in eval
+    mode (no dropout), from a generator seeded per call so the run's RNG is untouched."""
+    input_ids, attention_mask = left_padded(prompt_rows, pad_id)
+    device = next(model.parameters()).device
+    max_new_tokens = min(cfg.max_new_tokens, max_length - input_ids.shape[1])
+    if max_new_tokens <= 0:
+        return input_ids.new_zeros((len(prompt_rows), 0))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            output = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+                use_cache=True,
+            )
+    finally:
+        model.train(was_training)
+    return output[:, input_ids.shape[1] :].cpu()
+
+
+def sampled_batch(
+    model: PreTrainedModel,
+    gold: dict[str, torch.Tensor],
+    cfg: OnPolicyConfig,
+    collate: Any,
+    pad_id: int,
+    eos_id: int,
+    max_length: int,
+    seed: int,
+) -> dict[str, torch.Tensor]:
+    """The on-policy twin of a gold micro-batch, collated like a gold batch."""
+    prompt_rows = prompts(gold["input_ids"], gold["attention_mask"], gold["labels"])
+    generated = sample(model, prompt_rows, cfg, pad_id, eos_id, max_length, seed)
+    return collate(sampled_rows(prompt_rows, generated, eos_id))
