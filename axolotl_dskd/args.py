@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Any
 
+import torch
 from pydantic import BaseModel, model_validator
 
 from axolotl_dskd.divergences import DIVERGENCES
@@ -122,14 +123,20 @@ def check_settings(cfg: Any) -> None:
     check_on_policy(cfg)
     if cfg.dskd_teacher_load_in_4bit and cfg.dskd_teacher_load_in_8bit:
         raise DSKDConfigError("dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one")
+    check_cpu_processes(cfg)
     for flag, why in INCOMPATIBLE_FLAGS.items():
         if getattr(cfg, flag, None):
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
+
+
+def check_cpu_processes(cfg: Any) -> None:
+    """Axolotl 0.19 puts each rank's model on device index LOCAL_RANK, which does not exist
+    on a CPU-only machine, unless `max_memory` makes it plan the placement itself."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
+    if world_size > 1 and not torch.cuda.is_available() and not getattr(cfg, "max_memory", None):
         raise DSKDConfigError(
-            f"WORLD_SIZE={world_size}: axolotl_dskd.DSKDPlugin does not synchronise the t2s projector across "
-            "processes yet; launch a single process (--num_processes 1)"
+            f"max_memory: WORLD_SIZE={world_size} on a machine without CUDA needs `max_memory: {{cpu: 16GiB}}` "
+            "(any size that fits), or Axolotl places the model on a GPU index that does not exist"
         )
 
 

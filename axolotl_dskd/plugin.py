@@ -20,7 +20,10 @@ class DSKDPlugin(BasePlugin):
         self._trainer: Any = None
 
     def register(self, cfg: Any) -> None:
-        """With dskd_teacher_chat_template, chat_template datasets also render the teacher's view."""
+        """Show this package's INFO logs at Axolotl's level (its loggers sit outside the
+        `axolotl` hierarchy), and with dskd_teacher_chat_template make chat_template
+        datasets also render the teacher's view."""
+        logging.getLogger("axolotl_dskd").setLevel(logging.getLogger("axolotl").getEffectiveLevel())
         if not cfg.get("dskd_teacher_chat_template"):
             return
         for index, dataset in enumerate(cfg.get("datasets") or []):

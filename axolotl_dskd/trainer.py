@@ -98,6 +98,10 @@ class DSKDTrainer(AxolotlTrainer):
             seed=self.args.seed,
         )
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
+        self._projector_synced_at = -1
+        if self.distill.t2s_projector is not None and self.accelerator.num_processes > 1:
+            # every rank starts from rank 0's projector (a random init would differ per rank)
+            torch.distributed.broadcast(self.distill.t2s_projector.weight.data, src=0)
 
     def _set_signature_columns_if_needed(self):
         """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""
@@ -132,10 +136,15 @@ class DSKDTrainer(AxolotlTrainer):
         if model.training and self.on_policy.ratio > 0:
             kd_inputs, on_policy_metrics = self._on_policy_inputs(model, inputs)
         micro_batches = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        # DDP averages gradients over ranks, and the loss is divided by the global count:
-        # scale back up by the number of ranks
-        ranks = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
-        ranks = ranks if num_items_in_batch is not None else 1
+        ranks = self.accelerator.num_processes
+        if ranks > 1 and num_items_in_batch is not None:
+            # every rank divides by the response tokens of all ranks (Axolotl turns HF's
+            # average_tokens_across_devices off); DDP then averages the gradients, so the
+            # loss is scaled back up by the number of ranks below
+            local_items = torch.as_tensor(num_items_in_batch, device=self.args.device)
+            num_items_in_batch = self.accelerator.reduce(local_items, reduction="sum")
+        else:
+            ranks = 1
         loss, metrics = self.distill(
             model,
             student_head,
@@ -165,10 +174,46 @@ class DSKDTrainer(AxolotlTrainer):
             )
         return optimizer
 
+    def _sync_projector_grads(self) -> None:
+        """Average the projector's gradients over ranks, once per optimizer step, as DDP
+        does for the student's: the projector lives outside the DDP-wrapped model."""
+        projector = self.distill.t2s_projector
+        if projector is None or self.accelerator.num_processes == 1:
+            return
+        if self._projector_synced_at == self.state.global_step:
+            return
+        self._projector_synced_at = self.state.global_step
+        grad = projector.weight.grad
+        if grad is None:
+            grad = projector.weight.grad = torch.zeros_like(projector.weight)
+        torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
+        grad.div_(self.accelerator.num_processes)
+
     def _clip_grad_norm(self, model):
         """Clip the student and the projector together, like one global norm in DSKD."""
+        self._sync_projector_grads()
         params = itertools.chain(model.parameters(), self.distill.parameters())
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        self._sync_projector_grads()  # also without clipping (max_grad_norm: 0)
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def _check_projector_in_sync(self) -> None:
+        """Fail loudly if ranks ever hold different projectors (a checkpoint would keep
+        only rank 0's)."""
+        projector = self.distill.t2s_projector
+        if projector is None or self.accelerator.num_processes == 1:
+            return
+        weight = projector.weight.detach()
+        spread = weight.clone()
+        torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+        lowest = weight.clone()
+        torch.distributed.all_reduce(lowest, op=torch.distributed.ReduceOp.MIN)
+        difference = (spread - lowest).abs().max().item()
+        if difference > 0:
+            raise RuntimeError(f"dskd: the t2s projector differs across ranks by up to {difference:.3e}")
+        LOG.info("dskd: t2s projector identical on %d ranks", self.accelerator.num_processes)
 
     def save_projector(self, output_dir: str) -> None:
         """Write the t2s projector next to the model or adapter in `output_dir`."""
@@ -180,6 +225,7 @@ class DSKDTrainer(AxolotlTrainer):
         save_file(state, os.path.join(output_dir, PROJECTOR_FILE))
 
     def _save_checkpoint(self, model, trial, **kwargs):
+        self._check_projector_in_sync()
         result = super()._save_checkpoint(model, trial, **kwargs)
         if self.args.should_save:
             checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"

@@ -2,7 +2,7 @@
 
 Teacher: SmolLM2-135M-Instruct (30 layers). Student: its first 8 layers, LoRA r=16 on
 every linear layer (the demo's setup) or full fine-tuning (--full). Prints the median
-time of each step kind and their ratio, where the DSKD step's time goes, and what
+time of each step kind and their ratio (on-policy too), where the DSKD step's time goes, and what
 collating the batch costs, including the cross-tokenizer collator (teacher: Qwen2).
 
     python benchmarks/step_time.py [--batch 4] [--repeats 5] [--full]
@@ -26,6 +26,7 @@ from axolotl_dskd import assets  # noqa: E402
 from axolotl_dskd.cli import DEMO_STUDENT_LAYERS  # noqa: E402
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.loss import LossConfig  # noqa: E402
+from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
 from axolotl_dskd.step import DistillationStep  # noqa: E402
 from axolotl_dskd.teacher import last_hidden_state, output_head  # noqa: E402
 
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
+    parser.add_argument("--on-policy-tokens", type=int, default=64, help="max new tokens sampled on-policy")
     args = parser.parse_args()
 
     teacher_dir = assets.smollm2_instruct()
@@ -88,6 +90,19 @@ def main() -> None:
 
     def dskd() -> None:
         loss, _ = step(student, output_head(student), inputs)
+        loss.backward()
+        student.zero_grad(set_to_none=True)
+        step.zero_grad(set_to_none=True)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    on_policy = OnPolicyConfig(ratio=1.0, max_new_tokens=args.on_policy_tokens)
+    plain_collate = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt", label_pad_token_id=-100)
+
+    def generate() -> dict[str, torch.Tensor]:
+        return sampled_batch(student, inputs, on_policy, plain_collate, pad_id, tokenizer.eos_token_id, 2048, seed=0)
+
+    def dskd_on_policy() -> None:
+        loss, _ = step(student, output_head(student), inputs, kd_inputs=generate())
         loss.backward()
         student.zero_grad(set_to_none=True)
         step.zero_grad(set_to_none=True)
@@ -133,6 +148,8 @@ def main() -> None:
 
     sft_time = timed(sft, args.repeats)
     dskd_time = timed(dskd, args.repeats)
+    generate_time = timed(generate, args.repeats)
+    on_policy_time = timed(dskd_on_policy, args.repeats)
     teacher_time = timed(teacher_forward, args.repeats)
     body_time = timed(student_forward_backward, args.repeats)
     teacher_head_time = timed(teacher_head, args.repeats)
@@ -153,6 +170,9 @@ def main() -> None:
     print(f"      teacher head               {teacher_head_time:8.3f} s  ({teacher_head_time / dskd_time:5.1%})")
     print(f"    outside both models (projections, KD terms, projector)  {outside:8.3f} s  ({outside / dskd_time:5.1%})")
     print(f"ratio DSKD / SFT step time: {dskd_time / sft_time:.2f}x")
+    print(f"on-policy DSKD step (sample <= {args.on_policy_tokens} tokens per row, gold CE + sampled KD)")
+    print(f"  step {on_policy_time:8.3f} s, of which sampling {generate_time:8.3f} s")
+    print(f"ratio on-policy / off-policy DSKD step time: {on_policy_time / dskd_time:.2f}x")
     for name, seconds in collate_times.items():
         print(f"collation, {name:26s} {seconds * 1000:8.1f} ms  ({seconds / dskd_time:6.2%} of the DSKD step)")
 

@@ -59,6 +59,12 @@ BAD_SETTINGS = [
     ({"dskd_projector_init": "zeros"}, "dskd_projector_init: 'zeros' is not supported; use one of: pinv, random"),
     ({"dskd_init_topk_vocab": 0}, "dskd_init_topk_vocab: 0 must be a positive int or null"),
     ({"dskd_loss_chunk_size": 0}, "dskd_loss_chunk_size: 0 must be > 0"),
+    ({"dskd_on_policy_ratio": 1.5}, "dskd_on_policy_ratio: 1.5 is outside [0.0, 1.0]"),
+    ({"dskd_on_policy_top_p": 0.0}, "dskd_on_policy_top_p: 0.0 is outside (0.0, 1.0]"),
+    ({"dskd_on_policy_max_new_tokens": 0}, "dskd_on_policy_max_new_tokens: 0 must be > 0"),
+    ({"dskd_on_policy_temperature": 0.0}, "dskd_on_policy_temperature: 0.0 must be > 0"),
+    ({"dskd_on_policy_start_step": -1}, "dskd_on_policy_start_step: -1 must be >= 0"),
+    ({"dskd_on_policy_top_k": -5}, "dskd_on_policy_top_k: -5 must be >= 0"),
     ({"dskd_teacher_dtype": "int8"}, "dskd_teacher_dtype: 'int8' is not supported; use one of: auto, float32,"),
     (
         {"dskd_teacher_load_in_4bit": True, "dskd_teacher_load_in_8bit": True},
@@ -85,9 +91,11 @@ def test_bad_setting_is_rejected_with_a_clear_message(tiny, tmp_path, overrides:
     assert message in _error(tiny, tmp_path, **overrides)
 
 
-def test_multi_process_launch_is_rejected(tiny, tmp_path, monkeypatch) -> None:
+def test_cpu_processes_without_max_memory_are_rejected(tiny, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "WORLD_SIZE=2: axolotl_dskd.DSKDPlugin does not synchronise the t2s projector" in _error(tiny, tmp_path)
+    assert "max_memory: WORLD_SIZE=2 on a machine without CUDA needs `max_memory: {cpu: 16GiB}`" in _error(
+        tiny, tmp_path
+    )
 
 
 def test_teacher_with_another_vocabulary_switches_to_cross_tokenizer_dskd(tiny, tmp_path) -> None:

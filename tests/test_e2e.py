@@ -197,3 +197,39 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
         assert torch.isfinite(torch.tensor(entry["loss"])) and entry["kd_loss"] > 0
     if teacher == "cross_tokenizer":
         assert all(0.0 < entry["align_ratio"] <= 1.0 for entry in logged)
+
+
+# `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher);
+# torchrun starts two, and ACCELERATE_USE_CPU makes accelerate join them with gloo.
+DDP = ["env", "ACCELERATE_USE_CPU=1", "torchrun", "--nproc_per_node", "2", "-m", "axolotl.cli.train"]
+
+
+@pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
+def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_path, teacher: str) -> None:
+    """DDP on CPU (gloo): the projector's gradients are averaged like the student's, so
+    2 ranks x 1 row per step train exactly what 1 rank x 2 rows does, on the same rows.
+    Full fine-tuning: Axolotl's LoRA init is not reproducible from run to run."""
+    teacher_dir = tiny.teacher if teacher == "same_vocabulary" else tiny.cross_teacher
+    runs = {}
+    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", DDP, 1)):
+        workdir = tmp_path / name
+        cfg = base_config(tiny.student, teacher_dir, tiny.data, workdir)
+        cfg |= {
+            "micro_batch_size": micro_batch_size,
+            "curriculum_sampling": True,  # the same row order whatever the number of ranks
+            "learning_rate": 0.01,
+            "dskd_projector_lr": 0.01,
+            "max_grad_norm": 1.0,
+            "max_steps": 4,
+            "save_steps": 4,
+            "max_memory": {"cpu": "8GiB"},  # lets Axolotl place each rank's model on the CPU
+        }
+        result = run_cli(launcher, cfg, workdir)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        runs[name] = Path(cfg["output_dir"]), result.stdout + result.stderr
+    (one_dir, _), (two_dir, two_log) = runs["one"], runs["two"]
+    assert "dskd: t2s projector identical on 2 ranks" in two_log
+    one_projector, two_projector = load_file(one_dir / PROJECTOR)["weight"], load_file(two_dir / PROJECTOR)["weight"]
+    assert torch.allclose(one_projector, two_projector, atol=1e-4, rtol=0)
+    assert _losses(one_dir) == pytest.approx(_losses(two_dir), abs=1e-4)
+    assert len(_losses(two_dir)) == 4
