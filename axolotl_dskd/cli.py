@@ -95,6 +95,44 @@ def align(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    from axolotl_dskd.evaluate import evaluate as run_eval
+
+    summary = run_eval(args)
+    label = f"{args.model}" + (f" + {args.adapter}" if args.adapter else "")
+    print(
+        f"\n{'model':<50} {'task':<12} {'n':>5} {'score':>8}" + (f" {'accuracy':>9}" if "accuracy" in summary else "")
+    )
+    line = f"{label[-50:]:<50} {args.task:<12} {summary['n']:>5} {summary['score']:>8.2f}"
+    print(line + (f" {summary['accuracy']:>8.1f}%" if "accuracy" in summary else ""))
+    print(json.dumps(summary))
+    return 0
+
+
+def add_eval_parser(commands: Any) -> None:
+    from axolotl_dskd.evaluate import PROMPT_FORMATS, TASKS
+
+    parser = commands.add_parser("eval", help="generate answers for held-out prompts and score them")
+    parser.add_argument("--model", required=True, help="model dir or hub id (a full fine-tune or the base model)")
+    parser.add_argument("--adapter", help="LoRA/QLoRA adapter dir from a run's output_dir")
+    parser.add_argument("--data", required=True, help=".jsonl rows with a prompt and a reference answer")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="alpaca", help="how the prompt is rendered")
+    parser.add_argument("--prompt-field", default="instruction")
+    parser.add_argument("--input-field", default="input", help="alpaca's optional context field")
+    parser.add_argument("--answer-field", default="output")
+    parser.add_argument("--limit", type=int, help="first N rows only")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--predictions", help="also write every prompt, prediction and score to this .jsonl")
+    parser.set_defaults(handler=evaluate)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="axolotl-dskd", description=__doc__)
@@ -117,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     align_parser.add_argument("--examples", type=int, default=3, help="rendered examples to print")
     align_parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     align_parser.set_defaults(handler=align)
+    add_eval_parser(commands)
     args = parser.parse_args(argv)
     return args.handler(args)
 
