@@ -40,7 +40,9 @@ def byte_spans(ids: Sequence[int], table: Sequence[bytes | None]) -> tuple[np.nd
 
 # A polynomial hash of every token's bytes (odd base, arithmetic mod 2**64) lets the exact
 # kernel check in O(tokens) that a stream spells its text; only streams that fail (a
-# normalizer rewrote the text, or a dummy-prefix space) are walked byte by byte.
+# normalizer rewrote the text, or a dummy-prefix space) are walked byte by byte. Lengths
+# are compared too; a different text of the same length passing the check would need a
+# 64-bit hash collision, which crafted strings can cause but tokenizer output does not.
 HASH_BASE = np.uint64(0x100000001B3)
 
 
