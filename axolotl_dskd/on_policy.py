@@ -18,19 +18,28 @@ import torch
 from transformers import PreTrainedModel
 
 IGNORE_INDEX = -100
+ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
 
 
 @dataclass(frozen=True)
 class OnPolicyConfig:
-    """dskd_on_policy_* YAML keys; `seed` is the run's seed."""
+    """The dskd_on_policy_* settings (defaults live in args.DSKDArgs) and the run's seed."""
 
-    ratio: float = 0.0
-    start_step: int = 0
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 42
+    ratio: float
+    start_step: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int
+
+    @classmethod
+    def from_settings(cls, settings: Any, seed: int) -> OnPolicyConfig:
+        """From anything carrying the dskd_on_policy_* keys (training args, DSKDArgs)."""
+        return cls(
+            *(getattr(settings, f"dskd_on_policy_{name}") for name in ON_POLICY_KEYS),
+            seed=seed,
+        )
 
     def samples(self, global_step: int, micro_batch: int) -> bool:
         """The coin for one micro-batch: a pure function of the seed and the position in

@@ -88,15 +88,7 @@ class DSKDTrainer(AxolotlTrainer):
         )
         if self.distill.t2s_projector is not None:
             self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
-        self.on_policy = OnPolicyConfig(
-            ratio=self.args.dskd_on_policy_ratio,
-            start_step=self.args.dskd_on_policy_start_step,
-            max_new_tokens=self.args.dskd_on_policy_max_new_tokens,
-            temperature=self.args.dskd_on_policy_temperature,
-            top_p=self.args.dskd_on_policy_top_p,
-            top_k=self.args.dskd_on_policy_top_k,
-            seed=self.args.seed,
-        )
+        self.on_policy = OnPolicyConfig.from_settings(self.args, seed=self.args.seed)
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
         self._projector_synced_at = -1
         if self.distill.t2s_projector is not None and self.accelerator.num_processes > 1:

@@ -23,6 +23,7 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from axolotl_dskd import assets  # noqa: E402
+from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.cli import DEMO_STUDENT_LAYERS  # noqa: E402
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.loss import LossConfig  # noqa: E402
@@ -95,7 +96,9 @@ def main() -> None:
         step.zero_grad(set_to_none=True)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    on_policy = OnPolicyConfig(ratio=1.0, max_new_tokens=args.on_policy_tokens)
+    on_policy = OnPolicyConfig.from_settings(
+        DSKDTrainingArgsMixin(dskd_on_policy_ratio=1.0, dskd_on_policy_max_new_tokens=args.on_policy_tokens), seed=0
+    )
     plain_collate = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt", label_pad_token_id=-100)
 
     def generate() -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from axolotl_dskd.args import DSKDTrainingArgsMixin
 from axolotl_dskd.collator import IGNORE_INDEX, DSKDCrossTokenizerCollator
 from axolotl_dskd.loss import LossConfig
 from axolotl_dskd.on_policy import OnPolicyConfig, left_padded, prompts, sample, sampled_rows
@@ -16,6 +17,12 @@ from axolotl_dskd.teacher import output_head
 from tests.test_step import _batch
 
 PAD, EOS = 0, 9
+
+
+def _cfg(seed: int = 42, **settings: float) -> OnPolicyConfig:
+    """On-policy settings as the YAML would give them: the keys' defaults plus `settings`."""
+    keys = {f"dskd_on_policy_{name}": value for name, value in settings.items()}
+    return OnPolicyConfig.from_settings(DSKDTrainingArgsMixin(**keys), seed=seed)
 
 
 def test_prompts_stop_at_the_first_trained_label_and_drop_padding() -> None:
@@ -40,13 +47,13 @@ def test_sampled_rows_keep_the_response_up_to_its_first_eos() -> None:
 
 
 def test_the_coin_is_seeded_per_micro_batch_and_respects_ratio_and_start() -> None:
-    cfg = OnPolicyConfig(ratio=0.5, start_step=3, seed=7)
+    cfg = _cfg(ratio=0.5, start_step=3, seed=7)
     assert not any(cfg.samples(step, micro) for step in range(3) for micro in range(4))
     draws = [cfg.samples(step, micro) for step in range(3, 503) for micro in range(2)]
     assert draws == [cfg.samples(step, micro) for step in range(3, 503) for micro in range(2)]
     assert 0.45 < sum(draws) / len(draws) < 0.55
-    assert all(OnPolicyConfig(ratio=1.0).samples(step, 0) for step in range(20))
-    assert not any(OnPolicyConfig(ratio=0.0).samples(step, 0) for step in range(20))
+    assert all(_cfg(ratio=1.0).samples(step, 0) for step in range(20))
+    assert not any(_cfg(ratio=0.0).samples(step, 0) for step in range(20))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +67,7 @@ def test_left_padded_sampling_equals_sampling_each_prompt_alone(tiny, student) -
     tokenizer = tiny.tokenizer
     short = tokenizer("Janet has", add_special_tokens=False)["input_ids"]
     long = tokenizer("A farmer sells 12 apples and buys", add_special_tokens=False)["input_ids"]
-    cfg = OnPolicyConfig(ratio=1.0, max_new_tokens=12, top_k=1)
+    cfg = _cfg(ratio=1.0, max_new_tokens=12, top_k=1)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     together = sample(student, [long, short], cfg, pad, eos, max_length=64, seed=0)
     alone = sample(student, [short], cfg, pad, eos, max_length=64, seed=0)
@@ -71,7 +78,7 @@ def test_left_padded_sampling_equals_sampling_each_prompt_alone(tiny, student) -
 def test_sampling_is_reproducible_and_leaves_the_global_rng_alone(tiny, student) -> None:
     tokenizer = tiny.tokenizer
     prompt = [tokenizer("Janet has 3 apples", add_special_tokens=False)["input_ids"]] * 3
-    cfg = OnPolicyConfig(ratio=1.0, max_new_tokens=10, temperature=1.5)
+    cfg = _cfg(ratio=1.0, max_new_tokens=10, temperature=1.5)
     args = (tokenizer.pad_token_id, tokenizer.eos_token_id, 64)
     torch.manual_seed(123)
     first = sample(student, prompt, cfg, *args, seed=5)
