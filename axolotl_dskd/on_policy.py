@@ -105,6 +105,12 @@ def sample(
         return input_ids.new_zeros((len(prompt_rows), 0))
     was_training = model.training
     model.eval()
+    for layer in _four_bit_layers(model):
+        # bitsandbytes repacks a 4-bit weight for CPU inference the first time an eval-mode
+        # layer runs without grad; that repacking fails on small shapes and is not meant
+        # for weights that train next. These layers have no dropout: train mode changes
+        # nothing else.
+        layer.train()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
@@ -123,6 +129,14 @@ def sample(
     finally:
         model.train(was_training)
     return output[:, input_ids.shape[1] :].cpu()
+
+
+def _four_bit_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return []
+    return [module for module in model.modules() if isinstance(module, Linear4bit)]
 
 
 def sampled_batch(

@@ -132,3 +132,23 @@ def test_on_policy_loss_on_the_gold_batch_is_the_off_policy_loss(tiny, student) 
     half_loss, _, _ = loss_and_grads(kd_inputs=batch, kd_divisor=2.0)
     ce, kd = off_metrics["ce_loss"], off_metrics["kd_loss"]
     assert half_loss == pytest.approx(0.7 * ce + 0.3 * kd / 2, rel=1e-5)
+
+
+def test_a_4bit_student_samples_and_stays_trainable(tiny) -> None:
+    """QLoRA: sampling must not trigger bitsandbytes' CPU inference repacking."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    base = AutoModelForCausalLM.from_pretrained(tiny.student, quantization_config=quantization, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).train()
+    tokenizer = tiny.tokenizer
+    prompt = tokenizer("Janet has 3 apples", add_special_tokens=False)["input_ids"]
+    cfg = _cfg(ratio=1.0, max_new_tokens=6)
+    generated = sample(model, [prompt, prompt[:2]], cfg, tokenizer.pad_token_id, tokenizer.eos_token_id, 64, seed=0)
+    assert generated.shape[0] == 2 and model.training
+    loss = model(input_ids=torch.tensor([prompt]), labels=torch.tensor([prompt])).loss
+    loss.backward()
+    assert all(p.grad is not None for name, p in model.named_parameters() if p.requires_grad)
