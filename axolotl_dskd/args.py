@@ -7,7 +7,9 @@ config and rejects bad settings with one clear line before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +28,6 @@ INCOMPATIBLE_FLAGS = {
     "cut_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "rl": "DSKD is a supervised fine-tuning loss; remove rl",
-    "deepspeed": "the t2s projector is not yet partitioned or synchronised by DeepSpeed; train on one process",
     "fsdp": "the t2s projector is not yet sharded or synchronised by FSDP; train on one process",
     "fsdp_config": "the t2s projector is not yet sharded or synchronised by FSDP; train on one process",
 }
@@ -124,9 +125,40 @@ def check_settings(cfg: Any) -> None:
     if cfg.dskd_teacher_load_in_4bit and cfg.dskd_teacher_load_in_8bit:
         raise DSKDConfigError("dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one")
     check_cpu_processes(cfg)
+    check_deepspeed(cfg)
     for flag, why in INCOMPATIBLE_FLAGS.items():
         if getattr(cfg, flag, None):
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
+
+
+# Why a DeepSpeed stage cannot train the t2s projector, which sits in the student's
+# optimizer but outside the student.
+DEEPSPEED_STAGE_PROBLEMS = {
+    0: "without ZeRO, DeepSpeed all-reduces only the student's own gradients, not the t2s projector's",
+    3: "ZeRO-3 partitions the student and teacher heads, which the loss reads outside the models' forward",
+}
+
+
+def check_deepspeed(cfg: Any) -> None:
+    """ZeRO-1/2 reduce and clip the projector's gradients with the student's, since it is a
+    param group of the same optimizer; other stages cannot (DEEPSPEED_STAGE_PROBLEMS)."""
+    setting = getattr(cfg, "deepspeed", None)
+    if not setting:
+        return
+    if isinstance(setting, dict):
+        config = setting
+    else:
+        try:
+            config = json.loads(Path(setting).read_text())
+        except (OSError, ValueError) as error:
+            raise DSKDConfigError(f"deepspeed: cannot read {setting!r} as a DeepSpeed JSON config ({error})") from None
+    stage = int((config.get("zero_optimization") or {}).get("stage", 0))
+    if stage not in (1, 2):
+        why = DEEPSPEED_STAGE_PROBLEMS.get(stage, "it is not a ZeRO stage")
+        raise DSKDConfigError(
+            f"deepspeed: ZeRO stage {stage} is not supported with axolotl_dskd.DSKDPlugin, because {why}; "
+            "use zero_optimization.stage 1 or 2, or plain DDP"
+        )
 
 
 def check_cpu_processes(cfg: Any) -> None:

@@ -91,7 +91,8 @@ def _pair_terms(
     t2s_label = teacher_pred if heads.teacher_to_student is None else heads.teacher_to_student[teacher_pred]
     valid = t2s_label >= 0  # the teacher's prediction has a student token: otherwise skip the pair
     # student space: teacher hidden -> student hidden, decoded by the detached student head
-    projected_teacher = F.linear(teacher_hidden.float(), heads.t2s_weight)
+    # fp32 projector, or bf16 when DeepSpeed's bf16 engine cast it with the student
+    projected_teacher = F.linear(teacher_hidden.to(heads.t2s_weight.dtype), heads.t2s_weight).float()
     t2s_logits = _logits(projected_teacher, heads.student_head.detach())
     t2s_ce = F.cross_entropy(t2s_logits, torch.where(valid, t2s_label, -100), reduction="sum")
     t2s_pred = t2s_logits[:, : heads.student_vocab].argmax(-1)

@@ -24,6 +24,7 @@ from axolotl_dskd.vocab import VocabBridge, same_vocabulary, teacher_tokenizer
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
+PROJECTOR_MODULE = "dskd_t2s_projector"  # its name inside the student under DeepSpeed
 
 
 def loss_config(args: object) -> LossConfig:
@@ -88,6 +89,9 @@ class DSKDTrainer(AxolotlTrainer):
         )
         if self.distill.t2s_projector is not None:
             self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
+            if self.is_deepspeed_enabled:
+                # ZeRO reduces, clips and steps only parameters of the module it wraps
+                self.model.add_module(PROJECTOR_MODULE, self.distill.t2s_projector)
         self.on_policy = OnPolicyConfig.from_settings(self.args, seed=self.args.seed)
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
         self._projector_synced_at = -1
@@ -154,23 +158,31 @@ class DSKDTrainer(AxolotlTrainer):
         return (loss, {"loss": loss}) if return_outputs else loss
 
     def create_optimizer(self, model=None):
+        """The student's groups, and the projector in a group of its own at dskd_projector_lr
+        (moved out of the student's groups when DeepSpeed made it a submodule)."""
         optimizer = super().create_optimizer(model)
         projector = self.distill.t2s_projector
-        if projector is None:
+        if projector is None or any(group.get("dskd_projector") for group in optimizer.param_groups):
             return optimizer
-        registered = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        params = [p for p in projector.parameters() if id(p) not in registered]
-        if params:
-            optimizer.add_param_group(
-                {"params": params, "lr": self.args.dskd_projector_lr, "weight_decay": self.args.weight_decay}
-            )
+        own = {id(p) for p in projector.parameters()}
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in own]
+        optimizer.add_param_group(
+            {
+                "params": list(projector.parameters()),
+                "lr": self.args.dskd_projector_lr,
+                "weight_decay": self.args.weight_decay,
+                "dskd_projector": True,
+            }
+        )
         return optimizer
 
     def _sync_projector_grads(self) -> None:
         """Average the projector's gradients over ranks, once per optimizer step, as DDP
-        does for the student's: the projector lives outside the DDP-wrapped model."""
+        does for the student's: the projector lives outside the DDP-wrapped model. (ZeRO-1/2
+        reduce them already: the projector is a param group of their optimizer.)"""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1:
+        if projector is None or self.accelerator.num_processes == 1 or self.is_deepspeed_enabled:
             return
         if self._projector_synced_at == self.state.global_step:
             return
@@ -182,7 +194,8 @@ class DSKDTrainer(AxolotlTrainer):
         grad.div_(self.accelerator.num_processes)
 
     def _clip_grad_norm(self, model):
-        """Clip the student and the projector together, like one global norm in DSKD."""
+        """Clip the student and the projector together, like one global norm in DSKD
+        (DeepSpeed clips its whole optimizer, projector included, and reports the norm)."""
         self._sync_projector_grads()
         params = itertools.chain(model.parameters(), self.distill.parameters())
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
@@ -206,6 +219,21 @@ class DSKDTrainer(AxolotlTrainer):
         if difference > 0:
             raise RuntimeError(f"dskd: the t2s projector differs across ranks by up to {difference:.3e}")
         LOG.info("dskd: t2s projector identical on %d ranks", self.accelerator.num_processes)
+
+    def train(self, *args, **kwargs):
+        """After training the projector leaves the student again, so the final save of the
+        model (Axolotl's own, outside the trainer) does not carry it either."""
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.model._modules.pop(PROJECTOR_MODULE, None)
+
+    def _save(self, output_dir=None, state_dict=None):
+        """The saved model never carries the projector (it has its own file)."""
+        if hasattr(self.model, PROJECTOR_MODULE):
+            state_dict = self.model.state_dict() if state_dict is None else state_dict
+            state_dict = {k: v for k, v in state_dict.items() if f"{PROJECTOR_MODULE}." not in k}
+        return super()._save(output_dir, state_dict=state_dict)
 
     def save_projector(self, output_dir: str) -> None:
         """Write the t2s projector next to the model or adapter in `output_dir`."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -76,8 +78,15 @@ BAD_SETTINGS = [
     ),
     ({"rl": "dpo"}, "rl: not supported with axolotl_dskd.DSKDPlugin, because DSKD is a supervised fine-tuning loss"),
     (
-        {"deepspeed": {"zero_optimization": {"stage": 2}}},
-        "deepspeed: not supported with axolotl_dskd.DSKDPlugin, because the t2s projector is not yet partitioned",
+        {"deepspeed": {"zero_optimization": {"stage": 3}}},
+        "deepspeed: ZeRO stage 3 is not supported with axolotl_dskd.DSKDPlugin, because ZeRO-3 partitions the "
+        "student and teacher heads, which the loss reads outside the models' forward; use zero_optimization.stage "
+        "1 or 2, or plain DDP",
+    ),
+    (
+        {"deepspeed": {"train_batch_size": "auto"}},
+        "deepspeed: ZeRO stage 0 is not supported with axolotl_dskd.DSKDPlugin, because without ZeRO, DeepSpeed "
+        "all-reduces only the student's own gradients, not the t2s projector's",
     ),
     (
         {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
@@ -89,6 +98,13 @@ BAD_SETTINGS = [
 @pytest.mark.parametrize(("overrides", "message"), BAD_SETTINGS, ids=[next(iter(o)) for o, _ in BAD_SETTINGS])
 def test_bad_setting_is_rejected_with_a_clear_message(tiny, tmp_path, overrides: dict, message: str) -> None:
     assert message in _error(tiny, tmp_path, **overrides)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_zero_1_and_2_are_accepted(tiny, tmp_path, stage: int) -> None:
+    ds_config = tmp_path / "ds.json"
+    ds_config.write_text(json.dumps({"zero_optimization": {"stage": stage}, "train_batch_size": "auto"}))
+    assert _validate(tiny, tmp_path, deepspeed=str(ds_config)).dskd_method == "dskd"
 
 
 def test_cpu_processes_without_max_memory_are_rejected(tiny, tmp_path, monkeypatch) -> None:
@@ -143,6 +159,10 @@ def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> Non
     assert not unknown, unknown
     check_settings(DSKDArgs.model_construct(**{key: cfg[key] for key in cfg if key in DSKD_KEYS}))
     assert not cfg.get("sample_packing")
+    if "deepspeed" in cfg:  # the shipped JSON, as launched from the repository root
+        from axolotl_dskd.args import check_deepspeed
+
+        check_deepspeed(SimpleNamespace(deepspeed=str(path.parent.parent / cfg["deepspeed"])))
 
 
 def test_teacher_chat_template_with_a_shared_tokenizer_is_rejected(tiny, tmp_path) -> None:

@@ -202,16 +202,26 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
 # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher);
 # torchrun starts two, and ACCELERATE_USE_CPU makes accelerate join them with gloo.
 DDP = ["env", "ACCELERATE_USE_CPU=1", "torchrun", "--nproc_per_node", "2", "-m", "axolotl.cli.train"]
+DEEPSPEED = ["torchrun", "--nproc_per_node", "2", str(Path(__file__).with_name("deepspeed_cpu_launch.py"))]
+ZERO2 = {
+    "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+}
 
 
+@pytest.mark.parametrize("engine", ["ddp", "deepspeed_zero2"])
 @pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
-def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_path, teacher: str) -> None:
-    """DDP on CPU (gloo): the projector's gradients are averaged like the student's, so
+def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_path, teacher: str, engine: str) -> None:
+    """DDP and DeepSpeed ZeRO-2 on CPU (gloo): the projector's gradients are averaged like
+    the student's (by the plugin under DDP, by ZeRO as a param group of its optimizer), so
     2 ranks x 1 row per step train exactly what 1 rank x 2 rows does, on the same rows.
     Full fine-tuning: Axolotl's LoRA init is not reproducible from run to run."""
     teacher_dir = tiny.teacher if teacher == "same_vocabulary" else tiny.cross_teacher
     runs = {}
-    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", DDP, 1)):
+    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", DDP if engine == "ddp" else DEEPSPEED, 1)):
         workdir = tmp_path / name
         cfg = base_config(tiny.student, teacher_dir, tiny.data, workdir)
         cfg |= {
@@ -224,11 +234,19 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
             "save_steps": 4,
             "max_memory": {"cpu": "8GiB"},  # lets Axolotl place each rank's model on the CPU
         }
+        if name == "two" and engine == "deepspeed_zero2":
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "zero2.json").write_text(json.dumps(ZERO2))
+            # one dataset process: a worker spawned by `datasets` would re-run the launcher script
+            cfg |= {"deepspeed": str(workdir / "zero2.json"), "dataset_num_proc": 1}
         result = run_cli(launcher, cfg, workdir)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         runs[name] = Path(cfg["output_dir"]), result.stdout + result.stderr
     (one_dir, _), (two_dir, two_log) = runs["one"], runs["two"]
     assert "dskd: t2s projector identical on 2 ranks" in two_log
+    if engine == "deepspeed_zero2":  # DeepSpeed really ran (ZeRO's checkpoint layout); the model has no projector
+        assert (two_dir / "checkpoint-4" / "global_step4").is_dir()
+        assert not [key for key in load_file(two_dir / "model.safetensors") if "dskd" in key]
     one_projector, two_projector = load_file(one_dir / PROJECTOR)["weight"], load_file(two_dir / PROJECTOR)["weight"]
     assert torch.allclose(one_projector, two_projector, atol=1e-4, rtol=0)
     assert _losses(one_dir) == pytest.approx(_losses(two_dir), abs=1e-4)

@@ -142,3 +142,20 @@ def test_chunked_dskd_matches_reference_in_bf16(name: str) -> None:
     for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
         tolerance = max(2 * torch.finfo(got_grad.dtype).eps, 1e-5)
         assert torch.allclose(got_grad.float(), expected_grad.float(), atol=tolerance * 0.1, rtol=tolerance)
+
+
+def test_bf16_projector_trains_like_the_fp32_one() -> None:
+    """DeepSpeed's bf16 engine casts every parameter of the student, the projector it holds
+    included: the loss takes a bf16 projector and gives it a bf16 gradient equal to the
+    fp32 one up to bf16 rounding."""
+    student_hidden, teacher_hidden, labels, heads = _setup(seed=7)
+    cfg = LossConfig(chunk_size=4)
+    fp32_loss = chunked_loss(student_hidden, teacher_hidden, labels, heads, cfg)[0]
+    (fp32_grad,) = _grads(fp32_loss, [heads.t2s_weight])
+    bf16_projector = torch.nn.Parameter(heads.t2s_weight.detach().bfloat16())
+    heads.t2s_weight = bf16_projector
+    bf16_loss = chunked_loss(student_hidden, teacher_hidden, labels, heads, cfg)[0]
+    (bf16_grad,) = _grads(bf16_loss, [bf16_projector])
+    assert bf16_grad.dtype == torch.bfloat16
+    assert bf16_loss.item() == pytest.approx(fp32_loss.item(), rel=2e-2)
+    assert torch.allclose(bf16_grad.float(), fp32_grad, atol=2e-2 * fp32_grad.abs().max().item(), rtol=2e-2)
