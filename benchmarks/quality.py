@@ -264,27 +264,34 @@ def plot(report: dict[str, Any], out: Path) -> None:
     figure.savefig(out / "quality_scores.png", dpi=120)
 
 
+def print_table(report: dict[str, Any]) -> None:
+    """One markdown table per pair (what docs/results.md shows)."""
+    for name, pair_report in report.items():
+        print(f"\n{name}: {pair_report['task']}, {pair_report['steps']} steps x {pair_report['rows_per_step']} rows\n")
+        print("| method | score | accuracy % | train wall s | peak RSS GiB |")
+        print("|---|---|---|---|---|")
+        for method, result in pair_report["results"].items():
+            accuracy = f"{result['accuracy']:.1f}" if "accuracy" in result else "-"
+            seconds = f"{result['train_seconds']:.0f}" if "train_seconds" in result else "-"
+            peak = f"{result['peak_rss_gib']:.2f}" if "peak_rss_gib" in result else "-"
+            print(f"| {method} | {result['score']:.2f} | {accuracy} | {seconds} | {peak} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/quality")
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
+    parser.add_argument("--report-only", action="store_true", help="plot and print the recorded results.json")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "results.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    for name in args.pairs:
+    for name in [] if args.report_only else args.pairs:
         report[name] = run_pair(PAIRS[name](), out)
         report_path.write_text(json.dumps(report, indent=1))
     plot(report, out)
-    for name, pair_report in report.items():
-        print(f"\n{name} ({pair_report['task']}, {pair_report['steps']} steps x {pair_report['rows_per_step']} rows)")
-        print(f"{'method':<18} {'score':>7} {'accuracy':>9} {'train s':>8} {'peak GiB':>9}")
-        for method, result in pair_report["results"].items():
-            accuracy = f"{result['accuracy']:.1f}" if "accuracy" in result else "-"
-            seconds = f"{result['train_seconds']:.0f}" if "train_seconds" in result else "-"
-            peak = f"{result['peak_rss_gib']:.2f}" if "peak_rss_gib" in result else "-"
-            print(f"{method:<18} {result['score']:>7.2f} {accuracy:>9} {seconds:>8} {peak:>9}")
+    print_table(report)
     return 0
 
 

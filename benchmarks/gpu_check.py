@@ -1,0 +1,136 @@
+"""The checks that need a GPU, in one run (about 5 minutes on one modern GPU): short real
+`accelerate launch` trainings of the embedded default pair (SmolLM2-135M-Instruct -> its
+first 8 layers) and of the cross-tokenizer pair (Qwen2.5-Coder-0.5B-Instruct -> SmolLM2),
+each reporting whether it trained (finite, falling loss), tokens/s per GPU and peak GPU
+memory from Axolotl's own logs; then DSKD vs SFT throughput and memory side by side.
+
+    python benchmarks/gpu_check.py [--out outputs/gpu_check] [--steps 12] [--dry-run]
+
+Checks: plain SFT (bf16, flash-attention 2), DSKD same vocabulary (bf16, FA2), DSKD
+across tokenizers (bf16, FA2), QLoRA student with a 4-bit teacher (CUDA bitsandbytes),
+DeepSpeed ZeRO-2 over every visible GPU, and the fast failures of ZeRO-3 and FSDP (not
+supported yet: they must stop before any model loads, with their one-line message).
+`--dry-run` writes the configs only (runs on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from axolotl_dskd import assets
+from axolotl_dskd.cli import demo_config
+
+BIN = Path(sys.executable).parent
+ZERO2 = Path(__file__).resolve().parent.parent / "example_yamls" / "deepspeed" / "zero2.json"
+GPU = {"bf16": True, "flash_attention": True, "gradient_checkpointing": False}
+
+
+def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | None]]:
+    """name -> (config, processes, expected error or None)."""
+    batch = {"save_steps": steps, "micro_batch_size": 4, "gradient_accumulation_steps": 1}
+    base = demo_config(out, steps) | GPU | batch
+    sft = {key: value for key, value in base.items() if key != "plugins" and not key.startswith("dskd_")}
+    cross = base | {
+        "base_model": str(assets.smollm2_instruct()),
+        "dskd_teacher_model": str(assets.qwen_coder_instruct()),
+    }
+    qlora = base | {"adapter": "qlora", "load_in_4bit": True, "dskd_teacher_load_in_4bit": True}
+    gpus = max(1, _gpu_count())
+    return {
+        "sft_bf16_fa2": (sft, 1, None),
+        "dskd_bf16_fa2": (base, 1, None),
+        "dskd_cross_tokenizer_bf16_fa2": (cross, 1, None),
+        "dskd_qlora_4bit_teacher": (qlora, 1, None),
+        "dskd_deepspeed_zero2": (base | {"deepspeed": str(ZERO2)}, gpus, None),
+        "dskd_deepspeed_zero3_rejected": (
+            base | {"deepspeed": {"zero_optimization": {"stage": 3}}},
+            1,
+            "deepspeed: ZeRO stage 3 is not supported",
+        ),
+        "dskd_fsdp_rejected": (
+            base | {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
+            1,
+            "fsdp_config: not supported",
+        ),
+    }
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def run(name: str, cfg: dict[str, Any], processes: int, expected_error: str | None, out: Path) -> dict[str, Any]:
+    cfg = cfg | {"output_dir": str(out / name)}
+    path = out / f"{name}.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    command = [str(BIN / "accelerate"), "launch", "--num_processes", str(processes), "-m", "axolotl.cli.train"]
+    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run([*command, str(path)], env=env, capture_output=True, text=True)
+    (out / f"{name}.log").write_text(result.stdout + result.stderr)
+    if expected_error is not None:
+        ok = result.returncode != 0 and expected_error in result.stdout + result.stderr
+        return {"ok": ok, "note": "rejected as expected" if ok else "NOT rejected with the expected message"}
+    if result.returncode != 0:
+        return {"ok": False, "note": f"exit {result.returncode}, see {out / name}.log"}
+    state = json.loads((out / name / f"checkpoint-{cfg['max_steps']}" / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    losses = [float(entry["loss"]) for entry in logged]
+    speed_key = "tokens/train_per_sec_per_gpu"
+    speeds = [float(entry[speed_key]) for entry in logged if speed_key in entry]
+    memory = [float(entry.get("memory/max_allocated (GiB)", 0)) for entry in logged]
+    trained = all(map(_finite, losses)) and losses[-1] < losses[0]
+    return {
+        "ok": trained,
+        "note": f"loss {losses[0]:.3f} -> {losses[-1]:.3f}",
+        "tokens_per_s": statistics.median(speeds[1:] or speeds) if speeds else None,
+        "peak_gib": max(memory) if memory else None,
+    }
+
+
+def _finite(value: float) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="outputs/gpu_check")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--dry-run", action="store_true", help="write the configs only")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, (cfg, processes, expected_error) in checks(out, args.steps).items():
+        if args.dry_run:
+            (out / f"{name}.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            continue
+        results[name] = run(name, cfg, processes, expected_error, out)
+        result = results[name]
+        speed = f"{result['tokens_per_s']:.0f} tok/s/GPU" if result.get("tokens_per_s") else ""
+        memory = f"{result['peak_gib']:.2f} GiB" if result.get("peak_gib") else ""
+        print(f"{'PASS' if result['ok'] else 'FAIL'}  {name:<32} {result['note']:<30} {speed:>16} {memory:>10}")
+    if args.dry_run:
+        print(f"configs written to {out}")
+        return 0
+    sft, dskd = results["sft_bf16_fa2"], results["dskd_bf16_fa2"]
+    if sft.get("tokens_per_s") and dskd.get("tokens_per_s"):
+        print(f"DSKD / SFT tokens per second: {dskd['tokens_per_s'] / sft['tokens_per_s']:.2f}x")
+    if sft.get("peak_gib") and dskd.get("peak_gib"):
+        print(f"DSKD / SFT peak GPU memory: {dskd['peak_gib'] / sft['peak_gib']:.2f}x")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return 0 if all(result["ok"] for result in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
