@@ -26,6 +26,8 @@ CPU_SETTINGS = {
     "lora_qkv_kernel": False,
     "lora_o_kernel": False,
 }
+# The demo's adapter: LoRA r 16 on every linear layer (the benchmarks train the same one).
+LORA_SETTINGS = {"adapter": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_linear": True}
 
 
 def demo_config(out: Path, steps: int) -> dict[str, Any]:
@@ -45,11 +47,7 @@ def demo_config(out: Path, steps: int) -> dict[str, Any]:
         "dataset_prepared_path": str(out / "prepared"),
         "output_dir": str(out / "run"),
         "sequence_len": 512,
-        "adapter": "lora",
-        "lora_r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.0,
-        "lora_target_linear": True,
+        **LORA_SETTINGS,
         "micro_batch_size": 2,
         "gradient_accumulation_steps": 2,
         "max_steps": steps,

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from axolotl_dskd import assets
-from axolotl_dskd.cli import CPU_SETTINGS
+from axolotl_dskd.cli import CPU_SETTINGS, LORA_SETTINGS
 
 SEED = 42
 BIN = Path(sys.executable).parent
@@ -148,11 +148,7 @@ def config(pair: Pair, method: str, data: Path, run_dir: Path) -> dict[str, Any]
         "dataset_prepared_path": str(run_dir.parent / f"prepared-{pair.name}-{method}"),
         "output_dir": str(run_dir),
         "sequence_len": 512,
-        "adapter": "lora",
-        "lora_r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.0,
-        "lora_target_linear": True,
+        **LORA_SETTINGS,
         "micro_batch_size": 8,
         "gradient_accumulation_steps": 1,
         "max_steps": pair.steps,
