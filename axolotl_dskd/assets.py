@@ -69,11 +69,12 @@ def _smollm2_gguf() -> Path:
     return gguf_dir / SMOLLM2_GGUF
 
 
-def _smollm2_gguf_tokenizer(gguf: Path):
+def _gguf_tokenizer(gguf: Path, eos_token: str):
+    """The GGUF's tokenizer with its chat EOS fixed (the conversions get it wrong)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.eos_token = SMOLLM2_EOS
+    tokenizer.eos_token = eos_token
     return tokenizer
 
 
@@ -124,11 +125,10 @@ def qwen_coder_instruct() -> Path:
 def _convert_gguf(gguf: Path, eos_token: str, out: Path) -> None:
     """Dequantize a GGUF to an fp32 safetensors folder once, with the chat EOS fixed."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     LOG.info("dskd: converting %s to safetensors (once)", gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.eos_token = eos_token
+    tokenizer = _gguf_tokenizer(gguf, eos_token)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     tmp = out.with_name(out.name + ".tmp")
@@ -174,7 +174,7 @@ def smollm2_tokenizer():
     out = cache_dir() / "tokenizers" / "smollm2"
     if not (out / "tokenizer_config.json").exists():
         gguf = _smollm2_gguf()
-        _smollm2_gguf_tokenizer(gguf).save_pretrained(out)
+        _gguf_tokenizer(gguf, SMOLLM2_EOS).save_pretrained(out)
         gguf.unlink()
     return AutoTokenizer.from_pretrained(out)
 

@@ -62,6 +62,14 @@ def demo_config(out: Path, steps: int) -> dict[str, Any]:
     }
 
 
+def offline_env() -> dict[str, str]:
+    """The environment for the Axolotl runs we start: nothing from the hub, no telemetry, no
+    tokenizer threads across forks, and this venv's commands first on PATH."""
+    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -70,9 +78,7 @@ def demo(args: argparse.Namespace) -> int:
     print(f"axolotl-dskd: wrote {config_path}")
     if args.no_train:
         return 0
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return subprocess.run(["axolotl", "train", str(config_path)], env=env).returncode
+    return subprocess.run(["axolotl", "train", str(config_path)], env=offline_env()).returncode
 
 
 def align(args: argparse.Namespace) -> int:

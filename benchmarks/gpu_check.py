@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import statistics
 import subprocess
 import sys
@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from axolotl_dskd import assets
-from axolotl_dskd.cli import demo_config
+from axolotl_dskd.cli import demo_config, offline_env
 
 BIN = Path(sys.executable).parent
 ZERO2 = Path(__file__).resolve().parent.parent / "example_yamls" / "deepspeed" / "zero2.json"
@@ -75,8 +75,7 @@ def run(name: str, cfg: dict[str, Any], processes: int, expected_error: str | No
     path = out / f"{name}.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     command = [str(BIN / "accelerate"), "launch", "--num_processes", str(processes), "-m", "axolotl.cli.train"]
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1")
-    result = subprocess.run([*command, str(path)], env=env, capture_output=True, text=True)
+    result = subprocess.run([*command, str(path)], env=offline_env(), capture_output=True, text=True)
     (out / f"{name}.log").write_text(result.stdout + result.stderr)
     if expected_error is not None:
         ok = result.returncode != 0 and expected_error in result.stdout + result.stderr
@@ -89,17 +88,13 @@ def run(name: str, cfg: dict[str, Any], processes: int, expected_error: str | No
     speed_key = "tokens/train_per_sec_per_gpu"
     speeds = [float(entry[speed_key]) for entry in logged if speed_key in entry]
     memory = [float(entry.get("memory/max_allocated (GiB)", 0)) for entry in logged]
-    trained = all(map(_finite, losses)) and losses[-1] < losses[0]
+    trained = all(map(math.isfinite, losses)) and losses[-1] < losses[0]
     return {
         "ok": trained,
         "note": f"loss {losses[0]:.3f} -> {losses[-1]:.3f}",
         "tokens_per_s": statistics.median(speeds[1:] or speeds) if speeds else None,
         "peak_gib": max(memory) if memory else None,
     }
-
-
-def _finite(value: float) -> bool:
-    return value == value and abs(value) != float("inf")
 
 
 def main() -> int:

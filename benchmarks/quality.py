@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from axolotl_dskd import assets
-from axolotl_dskd.cli import CPU_SETTINGS, LORA_SETTINGS
+from axolotl_dskd.cli import CPU_SETTINGS, LORA_SETTINGS, offline_env
 
 SEED = 42
 BIN = Path(sys.executable).parent
@@ -166,11 +166,9 @@ def config(pair: Pair, method: str, data: Path, run_dir: Path) -> dict[str, Any]
 def run_measured(command: list[str], log: Path) -> tuple[float, float]:
     """Run a command to completion; its wall seconds and peak RSS in GiB (largest process
     of its tree, from the kernel's rusage of the waited-for children)."""
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     start = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
         _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{' '.join(command)} failed; see {log}")
