@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, model_validator
 
 from axolotl_dskd.divergences import DIVERGENCES
+from axolotl_dskd.loss import LossConfig
 
 METHODS = ("dskd", "vanilla_kd")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -61,7 +62,7 @@ class DSKDArgs(BaseModel):
     dskd_projector_init: str = "pinv"
     dskd_init_topk_vocab: int | None = None
     dskd_agreement_mask: bool = True
-    dskd_loss_chunk_size: int = 256
+    dskd_loss_chunk_size: int = LossConfig.chunk_size
 
     dskd_on_policy_ratio: float = 0.0
     dskd_on_policy_start_step: int = 0

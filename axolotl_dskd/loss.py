@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from axolotl_dskd import closed_form
 from axolotl_dskd.divergences import DivergenceConfig, divergence
 
 # Order of the differentiable sums and of the (non-differentiable) counts a chunk returns.
@@ -33,7 +34,7 @@ class LossConfig:
     kd_ratio: float = 0.5
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     agreement_mask: bool = True
-    chunk_size: int = 1024
+    chunk_size: int = 512  # rows per chunk; the YAML default of dskd_loss_chunk_size
 
 
 @dataclass
@@ -143,7 +144,26 @@ class _ChunkedLoss(torch.autograd.Function):
         sums = student_hidden.new_zeros(len(LOSS_TERMS), dtype=torch.float32)
         counts = student_hidden.new_zeros(len(COUNTS), dtype=torch.float32)
         weights = weights.to(sums.device)
-        for chunk_fn, rows in _chunks(labels.numel(), teacher_hidden.shape[0], cfg.chunk_size):
+        n_pairs = teacher_hidden.shape[0]
+        block = None
+        if closed_form.supports(cfg) and n_pairs:
+            block = closed_form.workspace(min(cfg.chunk_size, n_pairs), heads, student_hidden.device)
+        for chunk_fn, rows in _chunks(labels.numel(), n_pairs, cfg.chunk_size):
+            done = None
+            if chunk_fn is _pair_terms and block is not None:
+                done = closed_form.pair_chunk(
+                    student_hidden[rows], teacher_hidden[rows], labels[rows], heads, cfg, weights, needs, block
+                )
+            if done is not None:
+                chunk_sums, chunk_counts, chunk_grads = done
+                if chunk_grads.hidden is not None:
+                    grads[0][rows] += chunk_grads.hidden
+                for k, grad in ((1, chunk_grads.head), (2, chunk_grads.projector)):
+                    if grad is not None:
+                        grads[k] += grad
+                sums += chunk_sums
+                counts += chunk_counts
+                continue
             with torch.enable_grad():
                 hidden = _leaf(student_hidden[rows], needs[0])
                 head, projector = _leaf(student_head, needs[1]), _leaf(t2s_weight, needs[2])

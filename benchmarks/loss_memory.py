@@ -6,7 +6,7 @@ Shapes (issue 4): student d=576, V_s=49152 (SmolLM2); teacher D=896, V_t=151936 
 "Added" memory = peak RSS during forward+backward minus the RSS once hidden states,
 heads and projector weights are resident (the kernel's peak-RSS counter is reset there).
 
-    python benchmarks/loss_memory.py [--rows 2048] [--chunk-sizes 256 1024]
+    python benchmarks/loss_memory.py [--rows 2048] [--chunk-sizes 256 512 1024]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def run(variant: str, rows: int, chunk_size: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2048)
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

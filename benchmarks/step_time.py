@@ -26,10 +26,11 @@ from axolotl_dskd import assets  # noqa: E402
 from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.cli import DEMO_STUDENT_LAYERS  # noqa: E402
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
-from axolotl_dskd.loss import LossConfig  # noqa: E402
+from axolotl_dskd.loss import chunked_loss  # noqa: E402
 from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
 from axolotl_dskd.step import DistillationStep  # noqa: E402
 from axolotl_dskd.teacher import last_hidden_state, output_head  # noqa: E402
+from axolotl_dskd.trainer import loss_config  # noqa: E402
 
 ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{}\n\n### Response:\n"  # noqa: E501
 
@@ -56,13 +57,21 @@ def reference_tokenizer_dir(name: str):
 
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return timed_together({"only": fn}, repeats)["only"]
+
+
+def timed_together(fns: dict, repeats: int) -> dict[str, float]:
+    """Median time of each function, run round-robin after one warm-up each, so that a slow
+    spell of the shared machine hits every measure alike instead of one of them."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
@@ -82,7 +91,7 @@ def main() -> None:
         student = get_peft_model(student, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     student.train()
     inputs = batch(tokenizer, args.batch)
-    step = DistillationStep(student, teacher, LossConfig(), vocab_size=len(tokenizer))
+    step = DistillationStep(student, teacher, loss_config(DSKDTrainingArgsMixin()), vocab_size=len(tokenizer))
     n_loss_tokens = int((inputs["labels"][:, 1:] != -100).sum())
 
     def sft() -> None:
@@ -129,6 +138,14 @@ def main() -> None:
         torch.nn.functional.cross_entropy(logits, response_labels).backward()
         student_rows.grad = None
 
+    heads = step.heads(output_head(student))
+    loss_cfg = step.loss_cfg
+
+    def loss_alone() -> None:
+        chunked_loss(student_rows, teacher_rows, response_labels, heads, loss_cfg)[0].backward()
+        student_rows.grad = None
+        step.zero_grad(set_to_none=True)
+
     def student_forward_backward() -> None:
         out = student(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=True, logits_to_keep=1)
         out.hidden_states[-1].sum().backward()
@@ -149,16 +166,25 @@ def main() -> None:
     }
     collate_times = {name: timed(lambda c=collator: c(features), args.repeats) for name, collator in collators.items()}
 
-    sft_time = timed(sft, args.repeats)
-    dskd_time = timed(dskd, args.repeats)
+    times = timed_together(
+        {
+            "sft": sft,
+            "dskd": dskd,
+            "teacher": teacher_forward,
+            "body": student_forward_backward,
+            "teacher_head": teacher_head,
+            "own_head": student_head_and_ce,
+            "loss": loss_alone,
+        },
+        args.repeats,
+    )
+    sft_time, dskd_time, teacher_time, body_time = times["sft"], times["dskd"], times["teacher"], times["body"]
+    teacher_head_time, own_head_time = times["teacher_head"], times["own_head"]
     generate_time = timed(generate, args.repeats)
     on_policy_time = timed(dskd_on_policy, args.repeats)
-    teacher_time = timed(teacher_forward, args.repeats)
-    body_time = timed(student_forward_backward, args.repeats)
-    teacher_head_time = timed(teacher_head, args.repeats)
-    own_head_time = timed(student_head_and_ce, args.repeats)
     rest = dskd_time - teacher_time - body_time
     outside = rest - teacher_head_time - own_head_time
+    loss_outside = times["loss"] - teacher_head_time - own_head_time
     mode = "full fine-tune" if args.full else "LoRA r=16 all-linear"
     print(f"student: SmolLM2-135M-Instruct first {DEMO_STUDENT_LAYERS} layers, {mode}; teacher: SmolLM2-135M-Instruct")
     shape = tuple(inputs["input_ids"].shape)
@@ -172,6 +198,10 @@ def main() -> None:
     print(f"      student head + CE          {own_head_time:8.3f} s  ({own_head_time / dskd_time:5.1%})")
     print(f"      teacher head               {teacher_head_time:8.3f} s  ({teacher_head_time / dskd_time:5.1%})")
     print(f"    outside both models (projections, KD terms, projector)  {outside:8.3f} s  ({outside / dskd_time:5.1%})")
+    print(
+        f"    cross-check, the loss timed alone on the same rows minus the two heads  {loss_outside:8.3f} s  "
+        f"({loss_outside / dskd_time:5.1%})"
+    )
     print(f"ratio DSKD / SFT step time: {dskd_time / sft_time:.2f}x")
     print(f"on-policy DSKD step (sample <= {args.on_policy_tokens} tokens per row, gold CE + sampled KD)")
     print(f"  step {on_policy_time:8.3f} s, of which sampling {generate_time:8.3f} s")

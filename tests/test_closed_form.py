@@ -1,0 +1,122 @@
+"""The hand-written forward-KL chunk against autograd through `loss._pair_terms`."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from axolotl_dskd import closed_form
+from axolotl_dskd.divergences import DivergenceConfig
+from axolotl_dskd.loss import Heads, LossConfig, _pair_terms, chunked_loss
+from tests.reference_loss import reference_dskd
+
+ROWS, HIDDEN, V_S, V_T, REAL_VOCAB = 11, 8, 30, 34, 29
+
+
+def _inputs(seed: int, cross: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Heads]:
+    generator = torch.Generator().manual_seed(seed)
+    student_hidden = torch.randn(ROWS, HIDDEN, generator=generator)
+    teacher_hidden = torch.randn(ROWS, HIDDEN, generator=generator)
+    labels = torch.randint(0, REAL_VOCAB, (ROWS,), generator=generator)
+    mapping = None
+    if cross:
+        mapping = torch.arange(V_T).clamp_max(REAL_VOCAB - 1)
+        mapping[::3] = -1  # teacher tokens with no student token
+    # the student head starts as the teacher's and the projector near identity, so that
+    # some projected teacher rows agree with the teacher's prediction and some do not
+    teacher_head = torch.randn(V_T, HIDDEN, generator=generator)
+    heads = Heads(
+        student_head=teacher_head[:V_S] + 0.3 * torch.randn(V_S, HIDDEN, generator=generator),
+        teacher_head=teacher_head,
+        student_vocab=REAL_VOCAB,
+        teacher_vocab=REAL_VOCAB,
+        t2s_weight=torch.eye(HIDDEN) + 0.4 * torch.randn(HIDDEN, HIDDEN, generator=generator),
+        s2t_weight=torch.eye(HIDDEN) + 0.4 * torch.randn(HIDDEN, HIDDEN, generator=generator),
+        teacher_to_student=mapping,
+    )
+    return student_hidden, teacher_hidden, labels, heads
+
+
+def _block(heads: Heads) -> torch.Tensor:
+    """A workspace filled with NaN: the closed form must not read what it did not write."""
+    return closed_form.workspace(ROWS, heads, torch.device("cpu")).fill_(torch.nan)
+
+
+def _by_autograd(student_hidden, teacher_hidden, labels, heads: Heads, cfg: LossConfig, weights: torch.Tensor):
+    hidden = student_hidden.detach().requires_grad_(True)
+    head = heads.student_head.detach().requires_grad_(True)
+    projector = heads.t2s_weight.detach().requires_grad_(True)
+    trained_heads = replace(heads, student_head=head, t2s_weight=projector)
+    sums, counts = _pair_terms(hidden, teacher_hidden, labels, trained_heads, cfg)
+    grads = torch.autograd.grad((sums * weights).sum(), [hidden, head, projector])
+    return sums.detach(), counts, grads
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("agreement_mask", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 3.7])
+@pytest.mark.parametrize("weights", [[0.5, 0.5, 0.5, 0.5, 0.5], [0.0, 0.3, 0.7, 1.1, 0.0]])
+def test_closed_form_equals_autograd(cross: bool, agreement_mask: bool, temperature: float, weights: list) -> None:
+    student_hidden, teacher_hidden, labels, heads = _inputs(seed=0, cross=cross)
+    cfg = LossConfig(agreement_mask=agreement_mask, divergence=DivergenceConfig(temperature=temperature))
+    weight_tensor = torch.tensor(weights)
+    expected_sums, expected_counts, expected_grads = _by_autograd(
+        student_hidden, teacher_hidden, labels, heads, cfg, weight_tensor
+    )
+    result = closed_form.pair_chunk(
+        student_hidden, teacher_hidden, labels, heads, cfg, weight_tensor, (True, True, True), _block(heads)
+    )
+    assert result is not None
+    sums, counts, grads = result
+    assert torch.allclose(sums, expected_sums, rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == expected_counts.tolist()
+    for got, expected in zip((grads.hidden, grads.head, grads.projector), expected_grads, strict=True):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    n_valid, n_agree = counts[2].item(), counts[3].item()
+    assert 0 < n_agree < n_valid and sums[2] > 0  # the agreement mask keeps some pairs, drops others
+
+
+def test_only_the_needed_gradients_are_built() -> None:
+    student_hidden, teacher_hidden, labels, heads = _inputs(seed=1, cross=False)
+    result = closed_form.pair_chunk(
+        student_hidden, teacher_hidden, labels, heads, LossConfig(), torch.ones(5), (True, False, True), _block(heads)
+    )
+    assert result is not None and result[2].head is None and result[2].hidden is not None
+
+
+def test_other_divergences_and_vanilla_kd_use_autograd() -> None:
+    assert closed_form.supports(LossConfig())
+    assert not closed_form.supports(LossConfig(divergence=DivergenceConfig(name="reverse_kl")))
+    assert not closed_form.supports(LossConfig(method="vanilla_kd"))
+
+
+def test_a_non_finite_logit_falls_back_to_autograd_with_the_same_loss() -> None:
+    """An infinite padded teacher-head row makes that column +-inf: the closed form declines
+    the chunk and the masked autograd path gives the reference's loss and projector gradient
+    (the student rows' gradient is NaN in both: inf enters the s2t head product)."""
+    student_hidden, teacher_hidden, labels, heads = _inputs(seed=2, cross=False)
+    heads.teacher_head[-1] = torch.inf
+    cfg = LossConfig(chunk_size=4)
+    declined = closed_form.pair_chunk(
+        student_hidden, teacher_hidden, labels, heads, cfg, torch.ones(5), (True,) * 3, _block(heads)
+    )
+    assert declined is None
+    heads.t2s_weight.requires_grad_(True)
+    got = chunked_loss(student_hidden, teacher_hidden, labels, heads, cfg)[0]
+    expected = reference_dskd(student_hidden, teacher_hidden, labels, heads, cfg)
+    assert torch.isfinite(got) and got.item() == pytest.approx(expected.item(), rel=1e-5)
+    (got_grad,) = torch.autograd.grad(got, [heads.t2s_weight])
+    (expected_grad,) = torch.autograd.grad(expected, [heads.t2s_weight])
+    assert torch.allclose(got_grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("columns", "width", "block"), [(50, 50, 8), (50, 45, 8), (50, 7, 8), (64, 64, 8), (30, 29, 1024)]
+)
+def test_row_argmax_is_torch_argmax_first_maximum_included(columns: int, width: int, block: int) -> None:
+    generator = torch.Generator().manual_seed(columns + width)
+    ties = torch.randint(0, 4, (40, columns), generator=generator).float()  # many equal maxima per row
+    spread = torch.randn(40, columns, generator=generator)
+    for logits in (ties, spread):
+        expected = logits[:, :width].argmax(-1)
+        assert torch.equal(closed_form.row_argmax(logits, width, block), expected)
