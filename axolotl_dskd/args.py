@@ -29,8 +29,6 @@ INCOMPATIBLE_FLAGS = {
     "cut_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "rl": "DSKD is a supervised fine-tuning loss; remove rl",
-    "fsdp": "the t2s projector is not yet sharded or synchronised by FSDP; train on one process",
-    "fsdp_config": "the t2s projector is not yet sharded or synchronised by FSDP; train on one process",
 }
 
 
@@ -127,6 +125,7 @@ def check_settings(cfg: Any) -> None:
         raise DSKDConfigError("dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one")
     check_cpu_processes(cfg)
     check_deepspeed(cfg)
+    check_fsdp(cfg)
     for flag, why in INCOMPATIBLE_FLAGS.items():
         if getattr(cfg, flag, None):
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
@@ -159,6 +158,20 @@ def check_deepspeed(cfg: Any) -> None:
         raise DSKDConfigError(
             f"deepspeed: ZeRO stage {stage} is not supported with axolotl_dskd.DSKDPlugin, because {why}; "
             "use zero_optimization.stage 1 or 2, or plain DDP"
+        )
+
+
+def check_fsdp(cfg: Any) -> None:
+    """FSDP2 shards the projector with the student (it joins the student's root module) and
+    lets the loss gather the head between forward and backward; FSDP1 flattens parameters
+    into buffers the loss cannot read."""
+    if not (getattr(cfg, "fsdp", None) or getattr(cfg, "fsdp_config", None)):
+        return
+    version = getattr(cfg, "fsdp_version", None)
+    if version is None or int(version) != 2:
+        raise DSKDConfigError(
+            f"fsdp_version: {version} is not supported with axolotl_dskd.DSKDPlugin, because FSDP1 flattens the "
+            "student's parameters, so the loss cannot read its output head; set fsdp_version: 2"
         )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 IGNORE_INDEX = -100
@@ -125,6 +126,8 @@ def sample(
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
                 use_cache=True,
+                # FSDP gathers each layer on every rank: ranks keep stepping until all are done
+                synced_gpus=isinstance(model, FSDPModule),
             )
     finally:
         model.train(was_training)

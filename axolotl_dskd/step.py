@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from axolotl_dskd.collator import TEACHER_FIELDS
@@ -120,15 +121,28 @@ class DistillationStep(nn.Module):
         )
 
     def _score(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], heads: Heads, weights: torch.Tensor, with_teacher: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(weighted loss sum, term sums, counts, zero anchor) of one batch. Without the
-        teacher every response row only enters the gold CE."""
+        self,
+        model: nn.Module,
+        student: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        weights: torch.Tensor,
+        with_teacher: bool,
+        heads: Heads | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Heads]:
+        """(weighted loss sum, term sums, counts, zero anchor, heads) of one batch. Without
+        the teacher every response row only enters the gold CE. The heads are read after the
+        student's forward (`heads` reuses an earlier read of this step): under FSDP the
+        student's head and the projector it holds are whole only between forward and backward."""
         model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
         cross = self.bridge is not None and with_teacher
         rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
         outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
         student_hidden = outputs.hidden_states[-1]
+        if isinstance(model, FSDPModule):
+            # the loss reads the head (and the projector FSDP shards with it) outside forward:
+            # gather them now; FSDP's backward reduces their gradients and reshards them
+            model.unshard()
+        heads = heads or self.heads(output_head(student))
         if with_teacher:
             with torch.no_grad():
                 teacher_device = output_head(self.teacher).device
@@ -151,12 +165,12 @@ class DistillationStep(nn.Module):
         )
         # keeps every trainable tensor in the graph when a micro-batch has no response token
         anchor = student_hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.parameters())
-        return weighted, sums, counts, anchor
+        return weighted, sums, counts, anchor, heads
 
     def forward(
         self,
         model: nn.Module,
-        student_head: torch.Tensor,
+        student: nn.Module,
         inputs: dict[str, torch.Tensor],
         num_items_in_batch: torch.Tensor | int | None = None,
         kd_inputs: dict[str, torch.Tensor] | None = None,
@@ -164,21 +178,26 @@ class DistillationStep(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss = [(1-a) CE + a KD] summed over response rows / global response rows.
 
+        `model` runs the student (it may be wrapped by DDP, DeepSpeed or FSDP); `student`
+        is the same model unwrapped, whose output head the loss decodes with.
         On-policy (`kd_inputs`: the student's own samples for the same prompts), the gold
         batch gives only the CE and the KD terms come from `kd_inputs`, divided by its own
         response-row count times `kd_divisor` (micro-batches per step x processes), so a
         step's KD is the mean over its on-policy micro-batches wherever they ran.
         """
-        heads = self.heads(student_head)
         weights = term_weights(self.loss_cfg)
         if kd_inputs is None:
-            weighted, sums, counts, anchor = self._score(model, inputs, heads, weights, with_teacher=True)
+            weighted, sums, counts, anchor, _ = self._score(model, student, inputs, weights, with_teacher=True)
             denominator = num_items_in_batch if num_items_in_batch is not None else counts[0].clamp_min(1)
             return weighted / denominator + anchor, self.metrics(sums, counts)
         gold_only = torch.zeros_like(weights)
         gold_only[0] = weights[0]
-        gold, gold_sums, gold_counts, gold_anchor = self._score(model, inputs, heads, gold_only, with_teacher=False)
-        kd, kd_sums, kd_counts, kd_anchor = self._score(model, kd_inputs, heads, weights - gold_only, with_teacher=True)
+        gold, gold_sums, gold_counts, gold_anchor, heads = self._score(
+            model, student, inputs, gold_only, with_teacher=False
+        )
+        kd, kd_sums, kd_counts, kd_anchor, _ = self._score(
+            model, student, kd_inputs, weights - gold_only, with_teacher=True, heads=heads
+        )
         denominator = num_items_in_batch if num_items_in_batch is not None else gold_counts[0].clamp_min(1)
         loss = gold / denominator + kd / (kd_counts[0].clamp_min(1) * kd_divisor) + gold_anchor + kd_anchor
         metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_sums[0].item() / max(gold_counts[0].item(), 1)}

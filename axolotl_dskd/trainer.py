@@ -11,6 +11,7 @@ import time
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -24,7 +25,7 @@ from axolotl_dskd.vocab import VocabBridge, same_vocabulary, teacher_tokenizer
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
-PROJECTOR_MODULE = "dskd_t2s_projector"  # its name inside the student under DeepSpeed
+PROJECTOR_MODULE = "dskd_t2s_projector"  # its name inside the student under DeepSpeed and FSDP
 
 
 def loss_config(args: object) -> LossConfig:
@@ -89,8 +90,8 @@ class DSKDTrainer(AxolotlTrainer):
         )
         if self.distill.t2s_projector is not None:
             self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
-            if self.is_deepspeed_enabled:
-                # ZeRO reduces, clips and steps only parameters of the module it wraps
+            if self._projector_in_student:
+                # ZeRO and FSDP reduce, clip, shard and step only parameters of the module they wrap
                 self.model.add_module(PROJECTOR_MODULE, self.distill.t2s_projector)
         self.on_policy = OnPolicyConfig.from_settings(self.args, seed=self.args.seed)
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
@@ -98,6 +99,12 @@ class DSKDTrainer(AxolotlTrainer):
         if self.distill.t2s_projector is not None and self.accelerator.num_processes > 1:
             # every rank starts from rank 0's projector (a random init would differ per rank)
             torch.distributed.broadcast(self.distill.t2s_projector.weight.data, src=0)
+
+    @property
+    def _projector_in_student(self) -> bool:
+        """Whether the engine must own the projector as part of the student (else the
+        plugin averages its gradients over ranks itself, as under DDP)."""
+        return self.is_deepspeed_enabled or self.is_fsdp_enabled
 
     def _set_signature_columns_if_needed(self):
         """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""
@@ -127,7 +134,6 @@ class DSKDTrainer(AxolotlTrainer):
         return self._prepare_inputs(sampled), {"on_policy": 1.0, "on_policy_gen_seconds": time.perf_counter() - start}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        student_head = output_head(self.accelerator.unwrap_model(model))
         kd_inputs, on_policy_metrics = None, {}
         if model.training and self.on_policy.ratio > 0:
             kd_inputs, on_policy_metrics = self._on_policy_inputs(model, inputs)
@@ -143,7 +149,7 @@ class DSKDTrainer(AxolotlTrainer):
             ranks = 1
         loss, metrics = self.distill(
             model,
-            student_head,
+            self.accelerator.unwrap_model(model),
             inputs,
             num_items_in_batch,
             kd_inputs=kd_inputs,
@@ -180,9 +186,9 @@ class DSKDTrainer(AxolotlTrainer):
     def _sync_projector_grads(self) -> None:
         """Average the projector's gradients over ranks, once per optimizer step, as DDP
         does for the student's: the projector lives outside the DDP-wrapped model. (ZeRO-1/2
-        reduce them already: the projector is a param group of their optimizer.)"""
+        and FSDP reduce them already: there the projector is part of the student.)"""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1 or self.is_deepspeed_enabled:
+        if projector is None or self.accelerator.num_processes == 1 or self._projector_in_student:
             return
         if self._projector_synced_at == self.state.global_step:
             return
@@ -197,7 +203,9 @@ class DSKDTrainer(AxolotlTrainer):
         """Clip the student and the projector together, like one global norm in DSKD
         (DeepSpeed clips its whole optimizer, projector included, and reports the norm)."""
         self._sync_projector_grads()
-        params = itertools.chain(model.parameters(), self.distill.parameters())
+        params = model.parameters()
+        if not self._projector_in_student:
+            params = itertools.chain(params, self.distill.parameters())
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -206,9 +214,9 @@ class DSKDTrainer(AxolotlTrainer):
 
     def _check_projector_in_sync(self) -> None:
         """Fail loudly if ranks ever hold different projectors (a checkpoint would keep
-        only rank 0's)."""
+        only rank 0's). FSDP holds one sharded copy: nothing to compare."""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1:
+        if projector is None or self.accelerator.num_processes == 1 or self.is_fsdp_enabled:
             return
         weight = projector.weight.detach()
         spread = weight.clone()
@@ -227,6 +235,10 @@ class DSKDTrainer(AxolotlTrainer):
             return super().train(*args, **kwargs)
         finally:
             self.model._modules.pop(PROJECTOR_MODULE, None)
+            projector = self.distill.t2s_projector
+            if projector is not None and isinstance(projector.weight, DTensor):
+                # FSDP left its shard of the projector: every rank takes the whole of it back
+                projector.weight = torch.nn.Parameter(projector.weight.full_tensor())
 
     def _save(self, output_dir=None, state_dict=None):
         """The saved model never carries the projector (it has its own file)."""
@@ -235,21 +247,31 @@ class DSKDTrainer(AxolotlTrainer):
             state_dict = {k: v for k, v in state_dict.items() if f"{PROJECTOR_MODULE}." not in k}
         return super()._save(output_dir, state_dict=state_dict)
 
-    def save_projector(self, output_dir: str) -> None:
+    def _projector_state(self) -> dict[str, torch.Tensor]:
+        """The projector's tensors, whole, on the CPU. Under FSDP this gathers the shards:
+        every rank must call it."""
+        state = self.distill.t2s_projector.state_dict()
+        return {
+            name: (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu().contiguous()
+            for name, tensor in state.items()
+        }
+
+    def save_projector(self, output_dir: str, state: dict[str, torch.Tensor] | None = None) -> None:
         """Write the t2s projector next to the model or adapter in `output_dir`."""
-        projector = self.distill.t2s_projector
-        if projector is None:
+        if self.distill.t2s_projector is None:
             return
         os.makedirs(output_dir, exist_ok=True)
-        state = {name: tensor.detach().cpu().contiguous() for name, tensor in projector.state_dict().items()}
-        save_file(state, os.path.join(output_dir, PROJECTOR_FILE))
+        save_file(self._projector_state() if state is None else state, os.path.join(output_dir, PROJECTOR_FILE))
 
     def _save_checkpoint(self, model, trial, **kwargs):
         self._check_projector_in_sync()
         result = super()._save_checkpoint(model, trial, **kwargs)
+        if self.distill.t2s_projector is None:
+            return result
+        state = self._projector_state()
         if self.args.should_save:
             checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            self.save_projector(os.path.join(self._get_output_dir(trial=trial), checkpoint))
+            self.save_projector(os.path.join(self._get_output_dir(trial=trial), checkpoint), state)
         return result
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -263,6 +285,9 @@ class DSKDTrainer(AxolotlTrainer):
                 f"resume_from_checkpoint: {resume_from_checkpoint} has no {PROJECTOR_FILE}; "
                 "it was not written by a DSKD run, so the projector cannot be restored"
             )
-        device = projector.weight.device
-        projector.load_state_dict({k: v.to(device) for k, v in load_file(path).items()})
+        device, weight = projector.weight.device, projector.weight
+        state = {k: v.to(device) for k, v in load_file(path).items()}
+        if isinstance(weight, DTensor):  # FSDP: each rank keeps its shard of the saved tensor
+            state = {k: distribute_tensor(v, weight.device_mesh, weight.placements) for k, v in state.items()}
+        projector.load_state_dict(state)
         LOG.info("dskd: restored the t2s projector from %s", path)

@@ -8,8 +8,9 @@ memory from Axolotl's own logs; then DSKD vs SFT throughput and memory side by s
 
 Checks: plain SFT (bf16, flash-attention 2), DSKD same vocabulary (bf16, FA2), DSKD
 across tokenizers (bf16, FA2), QLoRA student with a 4-bit teacher (CUDA bitsandbytes),
-DeepSpeed ZeRO-2 over every visible GPU, and the fast failures of ZeRO-3 and FSDP (not
-supported yet: they must stop before any model loads, with their one-line message).
+DeepSpeed ZeRO-2 and FSDP2 (full fine-tune, the example YAML's fsdp_config) over every
+visible GPU, and the fast failures of ZeRO-3 and FSDP1 (not supported: they must stop
+before any model loads, with their one-line message).
 `--dry-run` writes the configs only (runs on CPU).
 """
 
@@ -27,10 +28,11 @@ from typing import Any
 import yaml
 
 from axolotl_dskd import assets
-from axolotl_dskd.cli import demo_config, offline_env
+from axolotl_dskd.cli import LORA_SETTINGS, demo_config, offline_env
 
 BIN = Path(sys.executable).parent
-ZERO2 = Path(__file__).resolve().parent.parent / "example_yamls" / "deepspeed" / "zero2.json"
+EXAMPLES = Path(__file__).resolve().parent.parent / "example_yamls"
+ZERO2 = EXAMPLES / "deepspeed" / "zero2.json"
 GPU = {"bf16": True, "flash_attention": True, "gradient_checkpointing": False}
 
 
@@ -45,6 +47,9 @@ def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | 
     }
     qlora = base | {"adapter": "qlora", "load_in_4bit": True, "dskd_teacher_load_in_4bit": True}
     gpus = max(1, _gpu_count())
+    fsdp_config = yaml.safe_load((EXAMPLES / "fsdp2-full-finetune.yml").read_text())["fsdp_config"]
+    fsdp2 = {"fsdp_version": 2, "fsdp_config": fsdp_config | {"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}}
+    full_finetune = {key: value for key, value in base.items() if key not in LORA_SETTINGS}
     return {
         "sft_bf16_fa2": (sft, 1, None),
         "dskd_bf16_fa2": (base, 1, None),
@@ -56,10 +61,11 @@ def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | 
             1,
             "deepspeed: ZeRO stage 3 is not supported",
         ),
-        "dskd_fsdp_rejected": (
-            base | {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
+        "dskd_fsdp2_full_finetune": (full_finetune | fsdp2, gpus, None),
+        "dskd_fsdp1_rejected": (
+            base | {"fsdp_version": 1, "fsdp_config": {"reshard_after_forward": True}},
             1,
-            "fsdp_config: not supported",
+            "fsdp_version: 1 is not supported",
         ),
     }
 

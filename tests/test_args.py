@@ -89,8 +89,13 @@ BAD_SETTINGS = [
         "all-reduces only the student's own gradients, not the t2s projector's",
     ),
     (
-        {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
-        "fsdp_config: not supported with axolotl_dskd.DSKDPlugin, because the t2s projector is not yet sharded",
+        {"fsdp_version": 1, "fsdp_config": {"reshard_after_forward": True}},
+        "fsdp_version: 1 is not supported with axolotl_dskd.DSKDPlugin, because FSDP1 flattens the student's "
+        "parameters, so the loss cannot read its output head; set fsdp_version: 2",
+    ),
+    (  # Axolotl reads an fsdp_config without fsdp_version as FSDP1
+        {"fsdp_config": {"reshard_after_forward": True}},
+        "fsdp_version: 1 is not supported with axolotl_dskd.DSKDPlugin, because FSDP1 flattens",
     ),
 ]
 
@@ -105,6 +110,11 @@ def test_deepspeed_zero_1_and_2_are_accepted(tiny, tmp_path, stage: int) -> None
     ds_config = tmp_path / "ds.json"
     ds_config.write_text(json.dumps({"zero_optimization": {"stage": stage}, "train_batch_size": "auto"}))
     assert _validate(tiny, tmp_path, deepspeed=str(ds_config)).dskd_method == "dskd"
+
+
+def test_fsdp2_is_accepted(tiny, tmp_path) -> None:
+    fsdp = {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"}}
+    assert _validate(tiny, tmp_path, **fsdp).dskd_method == "dskd"
 
 
 def test_cpu_processes_without_max_memory_are_rejected(tiny, tmp_path, monkeypatch) -> None:

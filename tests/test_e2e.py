@@ -202,7 +202,7 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
 # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher);
 # torchrun starts two, and ACCELERATE_USE_CPU makes accelerate join them with gloo.
 DDP = ["env", "ACCELERATE_USE_CPU=1", "torchrun", "--nproc_per_node", "2", "-m", "axolotl.cli.train"]
-DEEPSPEED = ["torchrun", "--nproc_per_node", "2", str(Path(__file__).with_name("deepspeed_cpu_launch.py"))]
+ENGINE_ON_CPU = ["torchrun", "--nproc_per_node", "2", str(Path(__file__).with_name("cpu_engine_launch.py"))]
 ZERO2 = {
     "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
     "gradient_accumulation_steps": "auto",
@@ -212,16 +212,30 @@ ZERO2 = {
 }
 
 
-@pytest.mark.parametrize("engine", ["ddp", "deepspeed_zero2"])
+FSDP2 = {
+    "fsdp_version": 2,
+    "fsdp_config": {
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        "reshard_after_forward": True,
+        # FULL_STATE_DICT checkpoints fail on CPU in Axolotl 0.19 even without the plugin
+        "state_dict_type": "SHARDED_STATE_DICT",
+    },
+}
+
+
+@pytest.mark.parametrize("engine", ["ddp", "deepspeed_zero2", "fsdp2"])
 @pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
 def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_path, teacher: str, engine: str) -> None:
-    """DDP and DeepSpeed ZeRO-2 on CPU (gloo): the projector's gradients are averaged like
-    the student's (by the plugin under DDP, by ZeRO as a param group of its optimizer), so
-    2 ranks x 1 row per step train exactly what 1 rank x 2 rows does, on the same rows.
-    Full fine-tuning: Axolotl's LoRA init is not reproducible from run to run."""
+    """DDP, DeepSpeed ZeRO-2 and FSDP2 on CPU (gloo): the projector's gradients are averaged
+    like the student's (by the plugin under DDP; by ZeRO and FSDP, which own it as part of
+    the student), so 2 ranks x 1 row per step train exactly what 1 rank x 2 rows does, on
+    the same rows. Full fine-tuning (the student head trains too): Axolotl's LoRA init is
+    not reproducible from run to run."""
     teacher_dir = tiny.teacher if teacher == "same_vocabulary" else tiny.cross_teacher
     runs = {}
-    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", DDP if engine == "ddp" else DEEPSPEED, 1)):
+    launchers = {"ddp": DDP, "deepspeed_zero2": ENGINE_ON_CPU, "fsdp2": ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]}
+    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", launchers[engine], 1)):
         workdir = tmp_path / name
         cfg = base_config(tiny.student, teacher_dir, tiny.data, workdir)
         cfg |= {
@@ -239,15 +253,39 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
             (workdir / "zero2.json").write_text(json.dumps(ZERO2))
             # one dataset process: a worker spawned by `datasets` would re-run the launcher script
             cfg |= {"deepspeed": str(workdir / "zero2.json"), "dataset_num_proc": 1}
+        if name == "two" and engine == "fsdp2":
+            cfg |= FSDP2 | {"dataset_num_proc": 1}
         result = run_cli(launcher, cfg, workdir)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         runs[name] = Path(cfg["output_dir"]), result.stdout + result.stderr
     (one_dir, _), (two_dir, two_log) = runs["one"], runs["two"]
-    assert "dskd: t2s projector identical on 2 ranks" in two_log
+    if engine != "fsdp2":  # FSDP holds one sharded projector: nothing to compare
+        assert "dskd: t2s projector identical on 2 ranks" in two_log
     if engine == "deepspeed_zero2":  # DeepSpeed really ran (ZeRO's checkpoint layout); the model has no projector
         assert (two_dir / "checkpoint-4" / "global_step4").is_dir()
         assert not [key for key in load_file(two_dir / "model.safetensors") if "dskd" in key]
+    if engine == "fsdp2":  # FSDP really ran (its sharded checkpoint layout)
+        assert (two_dir / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
     one_projector, two_projector = load_file(one_dir / PROJECTOR)["weight"], load_file(two_dir / PROJECTOR)["weight"]
     assert torch.allclose(one_projector, two_projector, atol=1e-4, rtol=0)
     assert _losses(one_dir) == pytest.approx(_losses(two_dir), abs=1e-4)
     assert len(_losses(two_dir)) == 4
+
+
+def test_fsdp2_resume_from_middle_checkpoint_reproduces_the_run(tiny, tmp_path) -> None:
+    """Under FSDP2 the projector is a shard of the student's root: the checkpoint holds it
+    whole (gathered from both ranks), and a resume hands each rank its shard back."""
+    launcher = ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path / "full")
+    cfg |= FSDP2 | {"dataset_num_proc": 1, "max_memory": {"cpu": "8GiB"}, "micro_batch_size": 1}
+    cfg |= {"max_steps": 4, "save_steps": 2, "learning_rate": 0.01, "dskd_projector_lr": 0.01}
+    run_dir = _train(launcher, cfg, tmp_path / "full")
+    resumed_dir = tmp_path / "resumed" / "run"
+    resumed_dir.mkdir(parents=True)
+    shutil.copytree(run_dir / "checkpoint-2", resumed_dir / "checkpoint-2")
+    resumed_cfg = cfg | {"output_dir": str(resumed_dir), "resume_from_checkpoint": str(resumed_dir / "checkpoint-2")}
+    _train(launcher, resumed_cfg, tmp_path / "resumed")
+    uninterrupted = load_file(run_dir / PROJECTOR)["weight"]
+    assert not torch.equal(load_file(run_dir / "checkpoint-2" / PROJECTOR)["weight"], uninterrupted)
+    assert torch.allclose(load_file(resumed_dir / PROJECTOR)["weight"], uninterrupted, atol=1e-5)
+    assert _losses(resumed_dir)[-2:] == pytest.approx(_losses(run_dir)[-2:], abs=1e-5)

@@ -13,7 +13,6 @@ from axolotl_dskd.collator import IGNORE_INDEX, DSKDCrossTokenizerCollator
 from axolotl_dskd.loss import LossConfig
 from axolotl_dskd.on_policy import OnPolicyConfig, left_padded, prompts, sample, sampled_rows
 from axolotl_dskd.step import DistillationStep
-from axolotl_dskd.teacher import output_head
 from tests.test_step import _batch
 
 PAD, EOS = 0, 9
@@ -119,7 +118,7 @@ def test_on_policy_loss_on_the_gold_batch_is_the_off_policy_loss(tiny, student) 
     def loss_and_grads(**kwargs):
         for p in trained:
             p.grad = None
-        loss, metrics = step(student, output_head(student), batch, **kwargs)
+        loss, metrics = step(student, student, batch, **kwargs)
         loss.backward()
         return loss.item(), [p.grad.clone() for p in trained], metrics
 
