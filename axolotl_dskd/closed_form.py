@@ -14,7 +14,6 @@ d KL(p || q) / d b = (q - p) / T, and d CE(z, y) / d z = softmax(z) - onehot(y).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,15 +21,6 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from axolotl_dskd.loss import Heads, LossConfig
-
-
-@dataclass
-class ChunkGrads:
-    """Gradients of the weighted sum for the three trained inputs (None: not needed)."""
-
-    hidden: torch.Tensor | None
-    head: torch.Tensor | None
-    projector: torch.Tensor | None
 
 
 def supports(cfg: LossConfig) -> bool:
@@ -110,8 +100,9 @@ def pair_chunk(
     weights: torch.Tensor,
     needs: tuple[bool, bool, bool],
     block: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, ChunkGrads] | None:
-    """(sums of LOSS_TERMS, COUNTS, gradients of sum(weights * sums)) for a chunk of aligned
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]] | None:
+    """(sums of LOSS_TERMS, COUNTS, gradients of sum(weights * sums) for the hidden rows, the
+    student head and the projector, None where not needed) for a chunk of aligned
     pairs, or None when a logit is not finite (the caller then uses autograd). `block` is a
     `workspace` for at least this many rows; its contents are overwritten."""
     temperature = cfg.divergence.temperature
@@ -192,4 +183,4 @@ def pair_chunk(
             s2t_agree.sum().float(),
         ]
     )
-    return sums, counts, ChunkGrads(grad_hidden, grad_head, grad_projector)
+    return sums, counts, (grad_hidden, grad_head, grad_projector)

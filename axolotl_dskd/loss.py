@@ -131,6 +131,26 @@ def _leaf(tensor: torch.Tensor | None, needs_grad: bool) -> torch.Tensor | None:
     return None if tensor is None else tensor.detach().requires_grad_(needs_grad)
 
 
+def _chunk_by_autograd(chunk_fn, rows, student_hidden, teacher_hidden, labels, heads, cfg, weights, needs):
+    """(sums, counts, gradients of the hidden rows, student head and projector, None where
+    not needed) of one chunk, differentiated by autograd."""
+    with torch.enable_grad():
+        hidden = _leaf(student_hidden[rows], needs[0])
+        head, projector = _leaf(heads.student_head, needs[1]), _leaf(heads.t2s_weight, needs[2])
+        chunk_heads = replace(heads, student_head=head, t2s_weight=projector)
+        if chunk_fn is _pair_terms:
+            chunk_sums, chunk_counts = _pair_terms(hidden, teacher_hidden[rows], labels[rows], chunk_heads, cfg)
+        else:
+            chunk_sums, chunk_counts = _ce_only(hidden, labels[rows], chunk_heads)
+        leaves = [(k, t) for k, t in enumerate((hidden, head, projector)) if t is not None and t.requires_grad]
+        grads: list[torch.Tensor | None] = [None, None, None]
+        if leaves:
+            found = torch.autograd.grad((chunk_sums * weights).sum(), [t for _, t in leaves], allow_unused=True)
+            for (k, _), grad in zip(leaves, found, strict=True):
+                grads[k] = grad
+    return chunk_sums.detach(), chunk_counts.detach(), tuple(grads)
+
+
 class _ChunkedLoss(torch.autograd.Function):
     """Weighted loss sum whose gradients are computed chunk by chunk during forward."""
 
@@ -154,36 +174,16 @@ class _ChunkedLoss(torch.autograd.Function):
                 done = closed_form.pair_chunk(
                     student_hidden[rows], teacher_hidden[rows], labels[rows], heads, cfg, weights, needs, block
                 )
-            if done is not None:
-                chunk_sums, chunk_counts, chunk_grads = done
-                if chunk_grads.hidden is not None:
-                    grads[0][rows] += chunk_grads.hidden
-                for k, grad in ((1, chunk_grads.head), (2, chunk_grads.projector)):
-                    if grad is not None:
-                        grads[k] += grad
-                sums += chunk_sums
-                counts += chunk_counts
-                continue
-            with torch.enable_grad():
-                hidden = _leaf(student_hidden[rows], needs[0])
-                head, projector = _leaf(student_head, needs[1]), _leaf(t2s_weight, needs[2])
-                chunk_heads = replace(heads, student_head=head, t2s_weight=projector)
-                if chunk_fn is _pair_terms:
-                    chunk_sums, chunk_counts = _pair_terms(hidden, teacher_hidden[rows], labels[rows], chunk_heads, cfg)
-                else:
-                    chunk_sums, chunk_counts = _ce_only(hidden, labels[rows], chunk_heads)
-                leaves = [(k, t) for k, t in enumerate((hidden, head, projector)) if t is not None and t.requires_grad]
-                if leaves:
-                    chunk_grads = torch.autograd.grad(
-                        (chunk_sums * weights).sum(), [t for _, t in leaves], allow_unused=True
-                    )
-                    for (k, _), grad in zip(leaves, chunk_grads, strict=True):
-                        if grad is not None and k == 0:
-                            grads[0][rows] += grad.float()
-                        elif grad is not None:
-                            grads[k] += grad.float()
-            sums += chunk_sums.detach()
-            counts += chunk_counts.detach()
+            if done is None:
+                done = _chunk_by_autograd(
+                    chunk_fn, rows, student_hidden, teacher_hidden, labels, heads, cfg, weights, needs
+                )
+            chunk_sums, chunk_counts, chunk_grads = done
+            for k, grad in enumerate(chunk_grads):
+                if grad is not None:
+                    (grads[0][rows] if k == 0 else grads[k]).add_(grad.float())
+            sums += chunk_sums
+            counts += chunk_counts
         ctx.save_for_backward(
             *(
                 g if g is None else g.to(t.dtype)

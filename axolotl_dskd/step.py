@@ -142,7 +142,7 @@ class DistillationStep(nn.Module):
             # the loss reads the head (and the projector FSDP shards with it) outside forward:
             # gather them now; FSDP's backward reduces their gradients and reshards them
             model.unshard()
-        heads = heads or self.heads(output_head(student))
+        heads = heads if heads is not None else self.heads(output_head(student))
         if with_teacher:
             with torch.no_grad():
                 teacher_device = output_head(self.teacher).device
