@@ -131,17 +131,10 @@ def check_settings(cfg: Any) -> None:
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
 
 
-# Why a DeepSpeed stage cannot train the t2s projector, which sits in the student's
-# optimizer but outside the student.
-DEEPSPEED_STAGE_PROBLEMS = {
-    0: "without ZeRO, DeepSpeed all-reduces only the student's own gradients, not the t2s projector's",
-    3: "ZeRO-3 partitions the student and teacher heads, which the loss reads outside the models' forward",
-}
-
-
 def check_deepspeed(cfg: Any) -> None:
-    """ZeRO-1/2 reduce and clip the projector's gradients with the student's, since it is a
-    param group of the same optimizer; other stages cannot (DEEPSPEED_STAGE_PROBLEMS)."""
+    """ZeRO-1/2/3 reduce, clip and (3) partition the projector with the student, which owns
+    the loss module that holds it; without ZeRO, DeepSpeed all-reduces only the student's
+    own gradients. ZeRO-3 also partitions the teacher, which a quantized teacher forbids."""
     setting = getattr(cfg, "deepspeed", None)
     if not setting:
         return
@@ -153,11 +146,17 @@ def check_deepspeed(cfg: Any) -> None:
         except (OSError, ValueError) as error:
             raise DSKDConfigError(f"deepspeed: cannot read {setting!r} as a DeepSpeed JSON config ({error})") from None
     stage = int((config.get("zero_optimization") or {}).get("stage", 0))
-    if stage not in (1, 2):
-        why = DEEPSPEED_STAGE_PROBLEMS.get(stage, "it is not a ZeRO stage")
+    if stage not in (1, 2, 3):
         raise DSKDConfigError(
-            f"deepspeed: ZeRO stage {stage} is not supported with axolotl_dskd.DSKDPlugin, because {why}; "
-            "use zero_optimization.stage 1 or 2, or plain DDP"
+            f"deepspeed: ZeRO stage {stage} is not supported with axolotl_dskd.DSKDPlugin, because without ZeRO "
+            "DeepSpeed all-reduces only the student's own gradients, not the t2s projector's; "
+            "use zero_optimization.stage 1, 2 or 3, or plain DDP"
+        )
+    quantized = [key for key in ("dskd_teacher_load_in_4bit", "dskd_teacher_load_in_8bit") if getattr(cfg, key, None)]
+    if stage == 3 and quantized:
+        raise DSKDConfigError(
+            f"{quantized[0]}: ZeRO-3 partitions the teacher across ranks, and a bitsandbytes-quantized teacher "
+            "cannot be partitioned; use ZeRO-2 with a quantized teacher, or a bf16 teacher under ZeRO-3"
         )
 
 

@@ -18,6 +18,8 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
+from axolotl_dskd import zero3
+
 IGNORE_INDEX = -100
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
 
@@ -126,8 +128,8 @@ def sample(
                 pad_token_id=pad_id,
                 eos_token_id=eos_id,
                 use_cache=True,
-                # FSDP gathers each layer on every rank: ranks keep stepping until all are done
-                synced_gpus=isinstance(model, FSDPModule),
+                # FSDP and ZeRO-3 gather each layer on every rank: ranks keep stepping until all are done
+                synced_gpus=isinstance(model, FSDPModule) or zero3.enabled(),
             )
     finally:
         model.train(was_training)

@@ -14,8 +14,10 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
+from axolotl_dskd import zero3
 from axolotl_dskd.collator import TEACHER_FIELDS
-from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, chunked_loss, kd_sum, term_weights
+from axolotl_dskd.head_loss import HeadLoss
+from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, kd_sum, term_weights
 from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.teacher import last_hidden_state, output_head
 from axolotl_dskd.vocab import VocabBridge
@@ -84,21 +86,36 @@ class DistillationStep(nn.Module):
         # the teacher is not a submodule: it must not reach the optimizer or the checkpoints
         self.__dict__["teacher"] = teacher
         student_head, teacher_head = output_head(student), output_head(teacher)
-        self.student_vocab = min(vocab_size, student_head.shape[0])
-        self.teacher_vocab = min(teacher_vocab_size or vocab_size, teacher_head.shape[0])
-        if bridge is None:  # one vocabulary: an id is a real token only if both sides have it
-            self.student_vocab = self.teacher_vocab = min(self.student_vocab, self.teacher_vocab)
-        self.t2s_projector: T2SProjector | None = None
-        self.s2t_map: S2TMap | None = None
-        if loss_cfg.method == "dskd":
-            vocab = self._shared_vocab(init_topk_vocab)
-            self.t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
-            if projector_init == "pinv":
-                rel_error = self.t2s_projector.init_pinv(student_head, teacher_head, vocab)
-                LOG.info(
-                    "dskd: t2s projector pinv init on %d shared tokens, relative error %.4f", len(vocab), rel_error
-                )
-            self.s2t_map = S2TMap(teacher_head, vocab)
+        with zero3.gathered(student_head, teacher_head):  # whole on every rank for the init
+            self.teacher_hidden_size = teacher_head.shape[1]
+            student_vocab = min(vocab_size, student_head.shape[0])
+            teacher_vocab = min(teacher_vocab_size or vocab_size, teacher_head.shape[0])
+            if bridge is None:  # one vocabulary: an id is a real token only if both sides have it
+                student_vocab = teacher_vocab = min(student_vocab, teacher_vocab)
+            self.student_vocab, self.teacher_vocab = student_vocab, teacher_vocab
+            t2s_projector, s2t_map = None, None
+            if loss_cfg.method == "dskd":
+                vocab = self._shared_vocab(init_topk_vocab)
+                t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
+                if projector_init == "pinv":
+                    rel_error = t2s_projector.init_pinv(student_head, teacher_head, vocab)
+                    LOG.info(
+                        "dskd: t2s projector pinv init on %d shared tokens, relative error %.4f", len(vocab), rel_error
+                    )
+                s2t_map = S2TMap(teacher_head, vocab)
+        self.head_loss = HeadLoss(
+            student,
+            teacher,
+            loss_cfg,
+            (student_vocab, teacher_vocab),
+            t2s_projector,
+            s2t_map,
+            None if bridge is None else bridge.teacher_to_student,
+        )
+
+    @property
+    def t2s_projector(self) -> T2SProjector | None:
+        return self.head_loss.t2s_projector
 
     def _shared_vocab(self, topk: int | None) -> SharedVocab:
         if self.bridge is None:  # student_vocab == teacher_vocab here
@@ -107,32 +124,14 @@ class DistillationStep(nn.Module):
         return SharedVocab(student_ids[:topk], teacher_ids[:topk])
 
     def heads(self, student_head: torch.Tensor) -> Heads:
-        teacher_head = output_head(self.teacher)
-        s2t_weight = self.s2t_map.weight(student_head) if self.s2t_map else None
-        to_student = None if self.bridge is None else self.bridge.teacher_to_student.to(teacher_head.device)
-        return Heads(
-            student_head,
-            teacher_head,
-            self.student_vocab,
-            self.teacher_vocab,
-            None if self.t2s_projector is None else self.t2s_projector.weight,
-            s2t_weight,
-            to_student,
-        )
+        """The loss's view of the heads, for callers that run `chunked_loss` themselves."""
+        return self.head_loss.heads(student_head)
 
     def _score(
-        self,
-        model: nn.Module,
-        student: nn.Module,
-        inputs: dict[str, torch.Tensor],
-        weights: torch.Tensor,
-        with_teacher: bool,
-        heads: Heads | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Heads]:
-        """(weighted loss sum, term sums, counts, zero anchor, heads) of one batch. Without
-        the teacher every response row only enters the gold CE. The heads are read after the
-        student's forward (`heads` reuses an earlier read of this step): under FSDP the
-        student's head and the projector it holds are whole only between forward and backward."""
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], weights: torch.Tensor, with_teacher: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weighted loss sum + zero anchor, term sums, counts) of one batch. Without the
+        teacher every response row only enters the gold CE."""
         model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
         cross = self.bridge is not None and with_teacher
         rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
@@ -142,7 +141,6 @@ class DistillationStep(nn.Module):
             # the loss reads the head (and the projector FSDP shards with it) outside forward:
             # gather them now; FSDP's backward reduces their gradients and reshards them
             model.unshard()
-        heads = heads if heads is not None else self.heads(output_head(student))
         if with_teacher:
             with torch.no_grad():
                 teacher_device = output_head(self.teacher).device
@@ -154,23 +152,16 @@ class DistillationStep(nn.Module):
                 )
             teacher_rows = rows.teacher_rows(teacher_hidden).to(student_hidden.device)
         else:
-            teacher_rows = student_hidden.new_zeros((0, heads.teacher_head.shape[1]))
-        weighted, sums, counts = chunked_loss(
-            rows.student_rows(student_hidden),
-            teacher_rows,
-            rows.labels.to(student_hidden.device),
-            heads,
-            self.loss_cfg,
-            weights,
+            teacher_rows = student_hidden.new_zeros((0, self.teacher_hidden_size))
+        weighted, sums, counts = self.head_loss(
+            rows.student_rows(student_hidden), teacher_rows, rows.labels.to(student_hidden.device), weights
         )
         # keeps every trainable tensor in the graph when a micro-batch has no response token
-        anchor = student_hidden.sum() * 0.0 + sum(p.sum() * 0.0 for p in self.parameters())
-        return weighted, sums, counts, anchor, heads
+        return weighted + student_hidden.sum() * 0.0, sums, counts
 
     def forward(
         self,
         model: nn.Module,
-        student: nn.Module,
         inputs: dict[str, torch.Tensor],
         num_items_in_batch: torch.Tensor | int | None = None,
         kd_inputs: dict[str, torch.Tensor] | None = None,
@@ -178,8 +169,7 @@ class DistillationStep(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss = [(1-a) CE + a KD] summed over response rows / global response rows.
 
-        `model` runs the student (it may be wrapped by DDP, DeepSpeed or FSDP); `student`
-        is the same model unwrapped, whose output head the loss decodes with.
+        `model` runs the student (it may be wrapped by DDP, DeepSpeed or FSDP).
         On-policy (`kd_inputs`: the student's own samples for the same prompts), the gold
         batch gives only the CE and the KD terms come from `kd_inputs`, divided by its own
         response-row count times `kd_divisor` (micro-batches per step x processes), so a
@@ -187,19 +177,15 @@ class DistillationStep(nn.Module):
         """
         weights = term_weights(self.loss_cfg)
         if kd_inputs is None:
-            weighted, sums, counts, anchor, _ = self._score(model, student, inputs, weights, with_teacher=True)
+            weighted, sums, counts = self._score(model, inputs, weights, with_teacher=True)
             denominator = num_items_in_batch if num_items_in_batch is not None else counts[0].clamp_min(1)
-            return weighted / denominator + anchor, self.metrics(sums, counts)
+            return weighted / denominator, self.metrics(sums, counts)
         gold_only = torch.zeros_like(weights)
         gold_only[0] = weights[0]
-        gold, gold_sums, gold_counts, gold_anchor, heads = self._score(
-            model, student, inputs, gold_only, with_teacher=False
-        )
-        kd, kd_sums, kd_counts, kd_anchor, _ = self._score(
-            model, student, kd_inputs, weights - gold_only, with_teacher=True, heads=heads
-        )
+        gold, gold_sums, gold_counts = self._score(model, inputs, gold_only, with_teacher=False)
+        kd, kd_sums, kd_counts = self._score(model, kd_inputs, weights - gold_only, with_teacher=True)
         denominator = num_items_in_batch if num_items_in_batch is not None else gold_counts[0].clamp_min(1)
-        loss = gold / denominator + kd / (kd_counts[0].clamp_min(1) * kd_divisor) + gold_anchor + kd_anchor
+        loss = gold / denominator + kd / (kd_counts[0].clamp_min(1) * kd_divisor)
         metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_sums[0].item() / max(gold_counts[0].item(), 1)}
         return loss, metrics
 

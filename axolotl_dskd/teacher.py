@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
+from axolotl_dskd import zero3
+
 LOG = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,7 +75,7 @@ def load_teacher(spec: TeacherSpec, device: torch.device) -> PreTrainedModel:
         attn_implementation=spec.attn_implementation,
         device_map={"": device} if quantization else None,
     )
-    if quantization is None:
+    if quantization is None and not zero3.enabled():  # ZeRO-3 placed each rank's slice already
         model.to(device)
     check_logits_are_plain(model)
     model.eval()

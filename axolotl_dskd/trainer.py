@@ -15,6 +15,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from axolotl_dskd import zero3
 from axolotl_dskd.collator import TEACHER_COLUMNS
 from axolotl_dskd.divergences import DivergenceConfig
 from axolotl_dskd.loss import LossConfig
@@ -25,7 +26,7 @@ from axolotl_dskd.vocab import VocabBridge, same_vocabulary, teacher_tokenizer
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
-PROJECTOR_MODULE = "dskd_t2s_projector"  # its name inside the student under DeepSpeed and FSDP
+LOSS_MODULE = "dskd_head_loss"  # its name inside the student under DeepSpeed and FSDP
 
 
 def loss_config(args: object) -> LossConfig:
@@ -42,6 +43,16 @@ def loss_config(args: object) -> LossConfig:
         agreement_mask=args.dskd_agreement_mask,
         chunk_size=args.dskd_loss_chunk_size,
     )
+
+
+def _is_split(tensor: torch.Tensor) -> bool:
+    """Whether FSDP (DTensor) or ZeRO-3 holds this tensor in slices across ranks."""
+    return isinstance(tensor, DTensor) or zero3.is_partitioned(tensor)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached full copy of a tensor that FSDP (DTensor) or ZeRO-3 may hold in slices."""
+    return tensor.full_tensor().detach() if isinstance(tensor, DTensor) else zero3.whole(tensor)
 
 
 class ProjectorGradReset(TrainerCallback):
@@ -71,6 +82,9 @@ class DSKDTrainer(AxolotlTrainer):
             trust_remote_code=self.args.dskd_teacher_trust_remote_code,
             attn_implementation=self.model.config._attn_implementation,
         )
+        teacher = load_teacher(spec, student_head.device)
+        # keeps ZeRO-3's teacher engine (and the hooks that gather its layers) alive
+        self._teacher_engine = zero3.partition_teacher(teacher, self._deepspeed_config()) if zero3.enabled() else None
         teacher_vocab = teacher_tokenizer(self.args)
         cross = not same_vocabulary(self.processing_class, teacher_vocab)
         if cross:
@@ -80,7 +94,7 @@ class DSKDTrainer(AxolotlTrainer):
             )
         self.distill = DistillationStep(
             student=self.model,
-            teacher=load_teacher(spec, student_head.device),
+            teacher=teacher,
             loss_cfg=loss_config(self.args),
             vocab_size=len(self.processing_class),
             teacher_vocab_size=len(teacher_vocab),
@@ -90,9 +104,13 @@ class DSKDTrainer(AxolotlTrainer):
         )
         if self.distill.t2s_projector is not None:
             self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
-            if self._projector_in_student:
-                # ZeRO and FSDP reduce, clip, shard and step only parameters of the module they wrap
-                self.model.add_module(PROJECTOR_MODULE, self.distill.t2s_projector)
+        if self._loss_in_student:
+            # ZeRO and FSDP reduce, clip, shard and step only parameters of the module they
+            # wrap, and ZeRO-3 gathers parameters only for the forward of a module it wraps
+            head_loss = self.distill.head_loss
+            self.model.add_module(LOSS_MODULE, head_loss)
+            if zero3.enabled():
+                zero3.read_in_forward(head_loss, [self.model.get_output_embeddings().weight, *head_loss.parameters()])
         self.on_policy = OnPolicyConfig.from_settings(self.args, seed=self.args.seed)
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
         self._projector_synced_at = -1
@@ -101,10 +119,14 @@ class DSKDTrainer(AxolotlTrainer):
             torch.distributed.broadcast(self.distill.t2s_projector.weight.data, src=0)
 
     @property
-    def _projector_in_student(self) -> bool:
-        """Whether the engine must own the projector as part of the student (else the
-        plugin averages its gradients over ranks itself, as under DDP)."""
+    def _loss_in_student(self) -> bool:
+        """Whether the engine must own the loss module (and the projector in it) as part of
+        the student (else the plugin averages the projector's gradients over ranks itself,
+        as under DDP)."""
         return self.is_deepspeed_enabled or self.is_fsdp_enabled
+
+    def _deepspeed_config(self) -> dict:
+        return self.accelerator.state.deepspeed_plugin.deepspeed_config
 
     def _set_signature_columns_if_needed(self):
         """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""
@@ -149,7 +171,6 @@ class DSKDTrainer(AxolotlTrainer):
             ranks = 1
         loss, metrics = self.distill(
             model,
-            self.accelerator.unwrap_model(model),
             inputs,
             num_items_in_batch,
             kd_inputs=kd_inputs,
@@ -188,7 +209,7 @@ class DSKDTrainer(AxolotlTrainer):
         does for the student's: the projector lives outside the DDP-wrapped model. (ZeRO-1/2
         and FSDP reduce them already: there the projector is part of the student.)"""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1 or self._projector_in_student:
+        if projector is None or self.accelerator.num_processes == 1 or self._loss_in_student:
             return
         if self._projector_synced_at == self.state.global_step:
             return
@@ -204,7 +225,7 @@ class DSKDTrainer(AxolotlTrainer):
         (DeepSpeed clips its whole optimizer, projector included, and reports the norm)."""
         self._sync_projector_grads()
         params = model.parameters()
-        if not self._projector_in_student:
+        if not self._loss_in_student:
             params = itertools.chain(params, self.distill.parameters())
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
@@ -214,9 +235,9 @@ class DSKDTrainer(AxolotlTrainer):
 
     def _check_projector_in_sync(self) -> None:
         """Fail loudly if ranks ever hold different projectors (a checkpoint would keep
-        only rank 0's). FSDP holds one sharded copy: nothing to compare."""
+        only rank 0's). FSDP and ZeRO-3 hold one split copy: nothing to compare."""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1 or self.is_fsdp_enabled:
+        if projector is None or self.accelerator.num_processes == 1 or self.is_fsdp_enabled or zero3.enabled():
             return
         weight = projector.weight.detach()
         spread = weight.clone()
@@ -234,27 +255,24 @@ class DSKDTrainer(AxolotlTrainer):
         try:
             return super().train(*args, **kwargs)
         finally:
-            self.model._modules.pop(PROJECTOR_MODULE, None)
+            self.model._modules.pop(LOSS_MODULE, None)
             projector = self.distill.t2s_projector
-            if projector is not None and isinstance(projector.weight, DTensor):
-                # FSDP left its shard of the projector: every rank takes the whole of it back
-                projector.weight = torch.nn.Parameter(projector.weight.full_tensor())
+            if projector is not None and _is_split(projector.weight):
+                # FSDP or ZeRO-3 left a slice of the projector: every rank takes the whole of it back
+                projector.weight = torch.nn.Parameter(_whole(projector.weight))
 
     def _save(self, output_dir=None, state_dict=None):
         """The saved model never carries the projector (it has its own file)."""
-        if hasattr(self.model, PROJECTOR_MODULE):
+        if hasattr(self.model, LOSS_MODULE):
             state_dict = self.model.state_dict() if state_dict is None else state_dict
-            state_dict = {k: v for k, v in state_dict.items() if f"{PROJECTOR_MODULE}." not in k}
+            state_dict = {k: v for k, v in state_dict.items() if f"{LOSS_MODULE}." not in k}
         return super()._save(output_dir, state_dict=state_dict)
 
     def _projector_state(self) -> dict[str, torch.Tensor]:
-        """The projector's tensors, whole, on the CPU. Under FSDP this gathers the shards:
-        every rank must call it."""
-        state = self.distill.t2s_projector.state_dict()
-        return {
-            name: (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().cpu().contiguous()
-            for name, tensor in state.items()
-        }
+        """The projector's tensors, whole, on the CPU. Under FSDP and ZeRO-3 this gathers
+        the slices: every rank must call it."""
+        parameters = self.distill.t2s_projector.named_parameters()
+        return {name: _whole(tensor).cpu().contiguous() for name, tensor in parameters}
 
     def save_projector(self, output_dir: str, state: dict[str, torch.Tensor] | None = None) -> None:
         """Write the t2s projector next to the model or adapter in `output_dir`."""

@@ -99,7 +99,7 @@ def main() -> None:
         student.zero_grad(set_to_none=True)
 
     def dskd() -> None:
-        loss, _ = step(student, student, inputs)
+        loss, _ = step(student, inputs)
         loss.backward()
         student.zero_grad(set_to_none=True)
         step.zero_grad(set_to_none=True)
@@ -114,7 +114,7 @@ def main() -> None:
         return sampled_batch(student, inputs, on_policy, plain_collate, pad_id, tokenizer.eos_token_id, 2048, seed=0)
 
     def dskd_on_policy() -> None:
-        loss, _ = step(student, student, inputs, kd_inputs=generate())
+        loss, _ = step(student, inputs, kd_inputs=generate())
         loss.backward()
         student.zero_grad(set_to_none=True)
         step.zero_grad(set_to_none=True)

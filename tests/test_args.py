@@ -78,15 +78,15 @@ BAD_SETTINGS = [
     ),
     ({"rl": "dpo"}, "rl: not supported with axolotl_dskd.DSKDPlugin, because DSKD is a supervised fine-tuning loss"),
     (
-        {"deepspeed": {"zero_optimization": {"stage": 3}}},
-        "deepspeed: ZeRO stage 3 is not supported with axolotl_dskd.DSKDPlugin, because ZeRO-3 partitions the "
-        "student and teacher heads, which the loss reads outside the models' forward; use zero_optimization.stage "
-        "1 or 2, or plain DDP",
+        {"deepspeed": {"zero_optimization": {"stage": 3}}, "dskd_teacher_load_in_4bit": True},
+        "dskd_teacher_load_in_4bit: ZeRO-3 partitions the teacher across ranks, and a bitsandbytes-quantized "
+        "teacher cannot be partitioned; use ZeRO-2 with a quantized teacher, or a bf16 teacher under ZeRO-3",
     ),
     (
         {"deepspeed": {"train_batch_size": "auto"}},
-        "deepspeed: ZeRO stage 0 is not supported with axolotl_dskd.DSKDPlugin, because without ZeRO, DeepSpeed "
-        "all-reduces only the student's own gradients, not the t2s projector's",
+        "deepspeed: ZeRO stage 0 is not supported with axolotl_dskd.DSKDPlugin, because without ZeRO DeepSpeed "
+        "all-reduces only the student's own gradients, not the t2s projector's; use zero_optimization.stage 1, 2 "
+        "or 3, or plain DDP",
     ),
     (
         {"fsdp_version": 1, "fsdp_config": {"reshard_after_forward": True}},
@@ -105,8 +105,8 @@ def test_bad_setting_is_rejected_with_a_clear_message(tiny, tmp_path, overrides:
     assert message in _error(tiny, tmp_path, **overrides)
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_deepspeed_zero_1_and_2_are_accepted(tiny, tmp_path, stage: int) -> None:
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_zero_stages_are_accepted(tiny, tmp_path, stage: int) -> None:
     ds_config = tmp_path / "ds.json"
     ds_config.write_text(json.dumps({"zero_optimization": {"stage": stage}, "train_batch_size": "auto"}))
     assert _validate(tiny, tmp_path, deepspeed=str(ds_config)).dskd_method == "dskd"

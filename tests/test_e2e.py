@@ -203,12 +203,15 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
 # torchrun starts two, and ACCELERATE_USE_CPU makes accelerate join them with gloo.
 DDP = ["env", "ACCELERATE_USE_CPU=1", "torchrun", "--nproc_per_node", "2", "-m", "axolotl.cli.train"]
 ENGINE_ON_CPU = ["torchrun", "--nproc_per_node", "2", str(Path(__file__).with_name("cpu_engine_launch.py"))]
-ZERO2 = {
-    "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
+DEEPSPEED_AUTO = {
     "gradient_accumulation_steps": "auto",
     "gradient_clipping": "auto",
     "train_batch_size": "auto",
     "train_micro_batch_size_per_gpu": "auto",
+}
+ZERO = {
+    "deepspeed_zero2": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True},
+    "deepspeed_zero3": {"stage": 3, "overlap_comm": False, "stage3_gather_16bit_weights_on_model_save": True},
 }
 
 
@@ -224,18 +227,19 @@ FSDP2 = {
 }
 
 
-@pytest.mark.parametrize("engine", ["ddp", "deepspeed_zero2", "fsdp2"])
+@pytest.mark.parametrize("engine", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp2"])
 @pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
 def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_path, teacher: str, engine: str) -> None:
-    """DDP, DeepSpeed ZeRO-2 and FSDP2 on CPU (gloo): the projector's gradients are averaged
-    like the student's (by the plugin under DDP; by ZeRO and FSDP, which own it as part of
-    the student), so 2 ranks x 1 row per step train exactly what 1 rank x 2 rows does, on
-    the same rows. Full fine-tuning (the student head trains too): Axolotl's LoRA init is
+    """DDP, DeepSpeed ZeRO-2/3 and FSDP2 on CPU (gloo): the projector's gradients are
+    averaged like the student's (by the plugin under DDP; by ZeRO and FSDP, which own it as
+    part of the student), so 2 ranks x 1 row per step train exactly what 1 rank x 2 rows
+    does, on the same rows. Under ZeRO-3 the teacher is partitioned too, and the loss reads
+    both heads and the projector gathered. Full fine-tuning (the student head trains too): Axolotl's LoRA init is
     not reproducible from run to run."""
     teacher_dir = tiny.teacher if teacher == "same_vocabulary" else tiny.cross_teacher
     runs = {}
-    launchers = {"ddp": DDP, "deepspeed_zero2": ENGINE_ON_CPU, "fsdp2": ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]}
-    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", launchers[engine], 1)):
+    launchers = {"ddp": DDP, "fsdp2": ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]}
+    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", launchers.get(engine, ENGINE_ON_CPU), 1)):
         workdir = tmp_path / name
         cfg = base_config(tiny.student, teacher_dir, tiny.data, workdir)
         cfg |= {
@@ -248,22 +252,25 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
             "save_steps": 4,
             "max_memory": {"cpu": "8GiB"},  # lets Axolotl place each rank's model on the CPU
         }
-        if name == "two" and engine == "deepspeed_zero2":
+        if name == "two" and engine in ZERO:
             workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "zero2.json").write_text(json.dumps(ZERO2))
+            (workdir / "ds.json").write_text(json.dumps(DEEPSPEED_AUTO | {"zero_optimization": ZERO[engine]}))
             # one dataset process: a worker spawned by `datasets` would re-run the launcher script
-            cfg |= {"deepspeed": str(workdir / "zero2.json"), "dataset_num_proc": 1}
+            cfg |= {"deepspeed": str(workdir / "ds.json"), "dataset_num_proc": 1}
         if name == "two" and engine == "fsdp2":
             cfg |= FSDP2 | {"dataset_num_proc": 1}
         result = run_cli(launcher, cfg, workdir)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         runs[name] = Path(cfg["output_dir"]), result.stdout + result.stderr
     (one_dir, _), (two_dir, two_log) = runs["one"], runs["two"]
-    if engine != "fsdp2":  # FSDP holds one sharded projector: nothing to compare
+    if engine in ("ddp", "deepspeed_zero2"):  # FSDP and ZeRO-3 hold one split projector: nothing to compare
         assert "dskd: t2s projector identical on 2 ranks" in two_log
-    if engine == "deepspeed_zero2":  # DeepSpeed really ran (ZeRO's checkpoint layout); the model has no projector
+    if engine in ZERO:  # DeepSpeed really ran (ZeRO's checkpoint layout); the model has no projector
         assert (two_dir / "checkpoint-4" / "global_step4").is_dir()
         assert not [key for key in load_file(two_dir / "model.safetensors") if "dskd" in key]
+    if engine == "deepspeed_zero3":  # each rank saved its own partition; the teacher was partitioned
+        assert (two_dir / "checkpoint-4" / "global_step4" / "zero_pp_rank_1_mp_rank_00_model_states.pt").is_file()
+        assert two_log.count("dskd: teacher partitioned by a ZeRO-3 inference engine") == 2
     if engine == "fsdp2":  # FSDP really ran (its sharded checkpoint layout)
         assert (two_dir / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
     one_projector, two_projector = load_file(one_dir / PROJECTOR)["weight"], load_file(two_dir / PROJECTOR)["weight"]

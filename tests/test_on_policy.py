@@ -118,7 +118,7 @@ def test_on_policy_loss_on_the_gold_batch_is_the_off_policy_loss(tiny, student) 
     def loss_and_grads(**kwargs):
         for p in trained:
             p.grad = None
-        loss, metrics = step(student, student, batch, **kwargs)
+        loss, metrics = step(student, batch, **kwargs)
         loss.backward()
         return loss.item(), [p.grad.clone() for p in trained], metrics
 

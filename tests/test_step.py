@@ -95,7 +95,7 @@ def test_gradient_accumulation_split_gives_the_same_loss_and_gradients(models, m
             p.grad = None
         total = 0.0
         for micro in micro_batches:
-            loss, _ = step(student, student, micro, num_items)
+            loss, _ = step(student, micro, num_items)
             loss.backward()
             total += loss.item()
         return total, [p.grad.clone() for p in trained]
@@ -121,7 +121,7 @@ def test_padded_teacher_head_never_predicts_padding_rows(models) -> None:
 def test_metrics_are_logged_per_term(models) -> None:
     student, teacher, batch, vocab_size = models
     step = DistillationStep(student, teacher, LossConfig(), vocab_size)
-    _, metrics = step(student, student, batch)
+    _, metrics = step(student, batch)
     assert set(metrics) == {
         "ce_loss",
         "kd_loss",
