@@ -8,9 +8,10 @@ memory from Axolotl's own logs; then DSKD vs SFT throughput and memory side by s
 
 Checks: plain SFT (bf16, flash-attention 2), DSKD same vocabulary (bf16, FA2), DSKD
 across tokenizers (bf16, FA2), QLoRA student with a 4-bit teacher (CUDA bitsandbytes),
-DeepSpeed ZeRO-2 and FSDP2 (full fine-tune, the example YAML's fsdp_config) over every
-visible GPU, and the fast failures of ZeRO-3 and FSDP1 (not supported: they must stop
-before any model loads, with their one-line message).
+DeepSpeed ZeRO-2 (LoRA), ZeRO-3 and FSDP2 (full fine-tune; the shipped ZeRO-3 JSON and
+the example YAML's fsdp_config) over every visible GPU, and the fast failures of a 4-bit
+teacher under ZeRO-3 and of FSDP1 (not supported: they must stop before any model loads,
+with their one-line message).
 `--dry-run` writes the configs only (runs on CPU).
 """
 
@@ -33,6 +34,7 @@ from axolotl_dskd.cli import LORA_SETTINGS, demo_config, offline_env
 BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_yamls"
 ZERO2 = EXAMPLES / "deepspeed" / "zero2.json"
+ZERO3 = EXAMPLES / "deepspeed" / "zero3.json"
 GPU = {"bf16": True, "flash_attention": True, "gradient_checkpointing": False}
 
 
@@ -56,10 +58,11 @@ def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | 
         "dskd_cross_tokenizer_bf16_fa2": (cross, 1, None),
         "dskd_qlora_4bit_teacher": (qlora, 1, None),
         "dskd_deepspeed_zero2": (base | {"deepspeed": str(ZERO2)}, gpus, None),
-        "dskd_deepspeed_zero3_rejected": (
-            base | {"deepspeed": {"zero_optimization": {"stage": 3}}},
+        "dskd_deepspeed_zero3_full_finetune": (full_finetune | {"deepspeed": str(ZERO3)}, gpus, None),
+        "dskd_zero3_4bit_teacher_rejected": (
+            base | {"deepspeed": str(ZERO3), "dskd_teacher_load_in_4bit": True},
             1,
-            "deepspeed: ZeRO stage 3 is not supported",
+            "dskd_teacher_load_in_4bit: ZeRO-3 partitions the teacher across ranks",
         ),
         "dskd_fsdp2_full_finetune": (full_finetune | fsdp2, gpus, None),
         "dskd_fsdp1_rejected": (

@@ -233,15 +233,20 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
     """DDP, DeepSpeed ZeRO-2/3 and FSDP2 on CPU (gloo): the projector's gradients are
     averaged like the student's (by the plugin under DDP; by ZeRO and FSDP, which own it as
     part of the student), so 2 ranks x 1 row per step train exactly what 1 rank x 2 rows
-    does, on the same rows. Under ZeRO-3 the teacher is partitioned too, and the loss reads
-    both heads and the projector gathered. Full fine-tuning (the student head trains too): Axolotl's LoRA init is
-    not reproducible from run to run."""
+    does, on the same rows. Under ZeRO-3 the teacher is partitioned too, the loss reads
+    both heads and the projector gathered, and the same-vocabulary student ties its head to
+    its embeddings like the default SmolLM2 pair (ZeRO-3 sums the tied weight's gradient
+    from both uses): the final models match too. Full fine-tuning (the student head trains
+    too): Axolotl's LoRA init is not reproducible from run to run."""
     teacher_dir = tiny.teacher if teacher == "same_vocabulary" else tiny.cross_teacher
+    student = tiny.student
+    if engine == "deepspeed_zero3" and teacher == "same_vocabulary":
+        student = _tied_copy(tiny.student, tmp_path / "tied_student")
     runs = {}
     launchers = {"ddp": DDP, "fsdp2": ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]}
     for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", launchers.get(engine, ENGINE_ON_CPU), 1)):
         workdir = tmp_path / name
-        cfg = base_config(tiny.student, teacher_dir, tiny.data, workdir)
+        cfg = base_config(student, teacher_dir, tiny.data, workdir)
         cfg |= {
             "micro_batch_size": micro_batch_size,
             "curriculum_sampling": True,  # the same row order whatever the number of ranks
@@ -271,6 +276,9 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
     if engine == "deepspeed_zero3":  # each rank saved its own partition; the teacher was partitioned
         assert (two_dir / "checkpoint-4" / "global_step4" / "zero_pp_rank_1_mp_rank_00_model_states.pt").is_file()
         assert two_log.count("dskd: teacher partitioned by a ZeRO-3 inference engine") == 2
+        one_model, two_model = load_file(one_dir / "model.safetensors"), load_file(two_dir / "model.safetensors")
+        assert sorted(one_model) == sorted(two_model)
+        assert all(torch.allclose(one_model[key], two_model[key], atol=1e-4, rtol=0) for key in one_model)
     if engine == "fsdp2":  # FSDP really ran (its sharded checkpoint layout)
         assert (two_dir / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
     one_projector, two_projector = load_file(one_dir / PROJECTOR)["weight"], load_file(two_dir / PROJECTOR)["weight"]
@@ -279,12 +287,34 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
     assert len(_losses(two_dir)) == 4
 
 
-def test_fsdp2_resume_from_middle_checkpoint_reproduces_the_run(tiny, tmp_path) -> None:
-    """Under FSDP2 the projector is a shard of the student's root: the checkpoint holds it
-    whole (gathered from both ranks), and a resume hands each rank its shard back."""
-    launcher = ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]
+def _tied_copy(student_dir: Path, out: Path) -> Path:
+    """The student with its output head tied to its input embeddings."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.model.embed_tokens.weight
+    model.save_pretrained(out)
+    for path in student_dir.iterdir():
+        if path.suffix in (".jinja", ".json") and not (out / path.name).exists():
+            shutil.copy(path, out / path.name)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "deepspeed_zero3"])
+def test_split_projector_resumes_from_middle_checkpoint(tiny, tmp_path, engine: str) -> None:
+    """Under FSDP2 and ZeRO-3 each rank holds a slice of the projector: the checkpoint's
+    projector file holds it whole (gathered from both ranks), and a resume hands each rank
+    its slice back (FSDP2: from that file; ZeRO-3: from DeepSpeed's own checkpoint)."""
     cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path / "full")
-    cfg |= FSDP2 | {"dataset_num_proc": 1, "max_memory": {"cpu": "8GiB"}, "micro_batch_size": 1}
+    if engine == "fsdp2":
+        launcher = ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]
+        cfg |= FSDP2
+    else:
+        launcher = ENGINE_ON_CPU
+        (tmp_path / "ds.json").write_text(json.dumps(DEEPSPEED_AUTO | {"zero_optimization": ZERO[engine]}))
+        cfg |= {"deepspeed": str(tmp_path / "ds.json")}
+    cfg |= {"dataset_num_proc": 1, "max_memory": {"cpu": "8GiB"}, "micro_batch_size": 1}
     cfg |= {"max_steps": 4, "save_steps": 2, "learning_rate": 0.01, "dskd_projector_lr": 0.01}
     run_dir = _train(launcher, cfg, tmp_path / "full")
     resumed_dir = tmp_path / "resumed" / "run"
