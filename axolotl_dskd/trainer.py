@@ -186,7 +186,7 @@ class DSKDTrainer(AxolotlTrainer):
 
     def create_optimizer(self, model=None):
         """The student's groups, and the projector in a group of its own at dskd_projector_lr
-        (moved out of the student's groups when DeepSpeed made it a submodule)."""
+        (moved out of the student's groups when DeepSpeed or FSDP made it part of the student)."""
         optimizer = super().create_optimizer(model)
         projector = self.distill.t2s_projector
         if projector is None or any(group.get("dskd_projector") for group in optimizer.param_groups):
@@ -206,7 +206,7 @@ class DSKDTrainer(AxolotlTrainer):
 
     def _sync_projector_grads(self) -> None:
         """Average the projector's gradients over ranks, once per optimizer step, as DDP
-        does for the student's: the projector lives outside the DDP-wrapped model. (ZeRO-1/2
+        does for the student's: the projector lives outside the DDP-wrapped model. (ZeRO
         and FSDP reduce them already: there the projector is part of the student.)"""
         projector = self.distill.t2s_projector
         if projector is None or self.accelerator.num_processes == 1 or self._loss_in_student:
