@@ -92,10 +92,9 @@ class DistillationStep(nn.Module):
             teacher_vocab = min(teacher_vocab_size or vocab_size, teacher_head.shape[0])
             if bridge is None:  # one vocabulary: an id is a real token only if both sides have it
                 student_vocab = teacher_vocab = min(student_vocab, teacher_vocab)
-            self.student_vocab, self.teacher_vocab = student_vocab, teacher_vocab
             t2s_projector, s2t_map = None, None
             if loss_cfg.method == "dskd":
-                vocab = self._shared_vocab(init_topk_vocab)
+                vocab = self._shared_vocab(init_topk_vocab, student_vocab)
                 t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
                 if projector_init == "pinv":
                     rel_error = t2s_projector.init_pinv(student_head, teacher_head, vocab)
@@ -117,9 +116,9 @@ class DistillationStep(nn.Module):
     def t2s_projector(self) -> T2SProjector | None:
         return self.head_loss.t2s_projector
 
-    def _shared_vocab(self, topk: int | None) -> SharedVocab:
+    def _shared_vocab(self, topk: int | None, student_vocab: int) -> SharedVocab:
         if self.bridge is None:  # student_vocab == teacher_vocab here
-            return SharedVocab.first_ids(min(topk or self.student_vocab, self.student_vocab))
+            return SharedVocab.first_ids(min(topk or student_vocab, student_vocab))
         student_ids, teacher_ids = self.bridge.shared_student_ids, self.bridge.shared_teacher_ids
         return SharedVocab(student_ids[:topk], teacher_ids[:topk])
 

@@ -110,7 +110,7 @@ class DSKDTrainer(AxolotlTrainer):
             head_loss = self.distill.head_loss
             self.model.add_module(LOSS_MODULE, head_loss)
             if zero3.enabled():
-                zero3.read_in_forward(head_loss, [self.model.get_output_embeddings().weight, *head_loss.parameters()])
+                zero3.read_in_forward(head_loss, [student_head, *head_loss.parameters()])
         self.on_policy = OnPolicyConfig.from_settings(self.args, seed=self.args.seed)
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
         self._projector_synced_at = -1
@@ -237,7 +237,7 @@ class DSKDTrainer(AxolotlTrainer):
         """Fail loudly if ranks ever hold different projectors (a checkpoint would keep
         only rank 0's). FSDP and ZeRO-3 hold one split copy: nothing to compare."""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1 or self.is_fsdp_enabled or zero3.enabled():
+        if projector is None or self.accelerator.num_processes == 1 or _is_split(projector.weight):
             return
         weight = projector.weight.detach()
         spread = weight.clone()

@@ -115,7 +115,7 @@ def test_padded_teacher_head_never_predicts_padding_rows(models) -> None:
     student, teacher, _, vocab_size = models
     step = DistillationStep(student, teacher, LossConfig(), vocab_size)
     assert output_head(teacher).shape[0] == vocab_size + 16
-    assert step.teacher_vocab == step.student_vocab == vocab_size
+    assert step.head_loss.teacher_vocab == step.head_loss.student_vocab == vocab_size
 
 
 def test_metrics_are_logged_per_term(models) -> None:
