@@ -227,6 +227,18 @@ FSDP2 = {
 }
 
 
+def _two_ranks(engine: str, workdir: Path) -> tuple[list[str], dict]:
+    """The launcher and config keys that run `engine` on 2 CPU ranks. DeepSpeed and FSDP
+    get one dataset process: a worker spawned by `datasets` would re-run the launcher script."""
+    if engine == "ddp":
+        return DDP, {}
+    if engine == "fsdp2":
+        return ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU], FSDP2 | {"dataset_num_proc": 1}
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "ds.json").write_text(json.dumps(DEEPSPEED_AUTO | {"zero_optimization": ZERO[engine]}))
+    return ENGINE_ON_CPU, {"deepspeed": str(workdir / "ds.json"), "dataset_num_proc": 1}
+
+
 @pytest.mark.parametrize("engine", ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp2"])
 @pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
 def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_path, teacher: str, engine: str) -> None:
@@ -243,9 +255,9 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
     if engine == "deepspeed_zero3" and teacher == "same_vocabulary":
         student = _tied_copy(tiny.student, tmp_path / "tied_student")
     runs = {}
-    launchers = {"ddp": DDP, "fsdp2": ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]}
-    for name, launcher, micro_batch_size in (("one", ACCELERATE, 2), ("two", launchers.get(engine, ENGINE_ON_CPU), 1)):
+    for name, micro_batch_size in (("one", 2), ("two", 1)):
         workdir = tmp_path / name
+        launcher, engine_keys = _two_ranks(engine, workdir) if name == "two" else (ACCELERATE, {})
         cfg = base_config(student, teacher_dir, tiny.data, workdir)
         cfg |= {
             "micro_batch_size": micro_batch_size,
@@ -257,14 +269,7 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
             "save_steps": 4,
             "max_memory": {"cpu": "8GiB"},  # lets Axolotl place each rank's model on the CPU
         }
-        if name == "two" and engine in ZERO:
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "ds.json").write_text(json.dumps(DEEPSPEED_AUTO | {"zero_optimization": ZERO[engine]}))
-            # one dataset process: a worker spawned by `datasets` would re-run the launcher script
-            cfg |= {"deepspeed": str(workdir / "ds.json"), "dataset_num_proc": 1}
-        if name == "two" and engine == "fsdp2":
-            cfg |= FSDP2 | {"dataset_num_proc": 1}
-        result = run_cli(launcher, cfg, workdir)
+        result = run_cli(launcher, cfg | engine_keys, workdir)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
         runs[name] = Path(cfg["output_dir"]), result.stdout + result.stderr
     (one_dir, _), (two_dir, two_log) = runs["one"], runs["two"]
@@ -307,14 +312,8 @@ def test_split_projector_resumes_from_middle_checkpoint(tiny, tmp_path, engine: 
     projector file holds it whole (gathered from both ranks), and a resume hands each rank
     its slice back (FSDP2: from that file; ZeRO-3: from DeepSpeed's own checkpoint)."""
     cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path / "full")
-    if engine == "fsdp2":
-        launcher = ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]
-        cfg |= FSDP2
-    else:
-        launcher = ENGINE_ON_CPU
-        (tmp_path / "ds.json").write_text(json.dumps(DEEPSPEED_AUTO | {"zero_optimization": ZERO[engine]}))
-        cfg |= {"deepspeed": str(tmp_path / "ds.json")}
-    cfg |= {"dataset_num_proc": 1, "max_memory": {"cpu": "8GiB"}, "micro_batch_size": 1}
+    launcher, engine_keys = _two_ranks(engine, tmp_path)
+    cfg |= engine_keys | {"max_memory": {"cpu": "8GiB"}, "micro_batch_size": 1}
     cfg |= {"max_steps": 4, "save_steps": 2, "learning_rate": 0.01, "dskd_projector_lr": 0.01}
     run_dir = _train(launcher, cfg, tmp_path / "full")
     resumed_dir = tmp_path / "resumed" / "run"
