@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, model_validator
 
 from axolotl_dskd.divergences import DIVERGENCES
-from axolotl_dskd.loss import LossConfig
+from axolotl_dskd.loss import NORMALIZATIONS, LossConfig
 
 METHODS = ("dskd", "vanilla_kd")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -41,6 +41,8 @@ class DSKDArgs(BaseModel):
 
     dskd_teacher_model: str | None = None
     dskd_teacher_revision: str | None = None
+    dskd_teacher_adapter: str | None = None
+    dskd_teacher_adapter_revision: str | None = None
     dskd_teacher_dtype: str = "auto"
     dskd_teacher_load_in_8bit: bool = False
     dskd_teacher_load_in_4bit: bool = False
@@ -61,6 +63,8 @@ class DSKDArgs(BaseModel):
     dskd_init_topk_vocab: int | None = None
     dskd_agreement_mask: bool = True
     dskd_loss_chunk_size: int = LossConfig.chunk_size
+    dskd_normalization: str = LossConfig.normalization
+    dskd_teacher_fit_rows: int = 64
 
     dskd_on_policy_ratio: float = 0.0
     dskd_on_policy_start_step: int = 0
@@ -73,6 +77,10 @@ class DSKDArgs(BaseModel):
     def _check_dskd(self) -> DSKDArgs:
         check_settings(self)
         check_vocabularies(self)
+        if self.dskd_teacher_adapter:
+            from axolotl_dskd.teacher_adapter import check_teacher_adapter
+
+            check_teacher_adapter(self)
         return self
 
 
@@ -109,6 +117,7 @@ def check_settings(cfg: Any) -> None:
     _one_of("dskd_teacher_dtype", cfg.dskd_teacher_dtype, TEACHER_DTYPES)
     _one_of("dskd_projector_init", cfg.dskd_projector_init, PROJECTOR_INITS)
     _one_of("dskd_alignment", cfg.dskd_alignment, ALIGNMENTS)
+    _one_of("dskd_normalization", cfg.dskd_normalization, NORMALIZATIONS)
     _in_range("dskd_kd_ratio", cfg.dskd_kd_ratio, 0.0, 1.0, closed=True)
     _in_range("dskd_skew_lambda", cfg.dskd_skew_lambda, 0.0, 1.0, closed=False)
     _in_range("dskd_adaptive_kl_alpha", cfg.dskd_adaptive_kl_alpha, 0.0, 1.0, closed=False)
@@ -118,6 +127,8 @@ def check_settings(cfg: Any) -> None:
         raise DSKDConfigError(f"dskd_projector_lr: {cfg.dskd_projector_lr} must be > 0")
     if cfg.dskd_init_topk_vocab is not None and cfg.dskd_init_topk_vocab <= 0:
         raise DSKDConfigError(f"dskd_init_topk_vocab: {cfg.dskd_init_topk_vocab} must be a positive int or null")
+    if cfg.dskd_teacher_fit_rows < 0:
+        raise DSKDConfigError(f"dskd_teacher_fit_rows: {cfg.dskd_teacher_fit_rows} must be >= 0 (0: no check)")
     if cfg.dskd_loss_chunk_size <= 0:
         raise DSKDConfigError(f"dskd_loss_chunk_size: {cfg.dskd_loss_chunk_size} must be > 0")
     check_on_policy(cfg)
@@ -146,6 +157,11 @@ def check_deepspeed(cfg: Any) -> None:
         except (OSError, ValueError) as error:
             raise DSKDConfigError(f"deepspeed: cannot read {setting!r} as a DeepSpeed JSON config ({error})") from None
     stage = int((config.get("zero_optimization") or {}).get("stage", 0))
+    if stage == 3 and getattr(cfg, "dskd_teacher_adapter", None):
+        raise DSKDConfigError(
+            "dskd_teacher_adapter: ZeRO-3 partitions the teacher while it loads, so its LoRA adapter cannot be "
+            "merged into it; merge the adapter into the teacher first (axolotl merge-lora) or use ZeRO-2"
+        )
     if stage not in (1, 2, 3):
         raise DSKDConfigError(
             f"deepspeed: ZeRO stage {stage} is not supported with axolotl_dskd.DSKDPlugin, because without ZeRO "

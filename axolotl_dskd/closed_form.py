@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from axolotl_dskd.teacher_fit import teacher_fit_counts
+
 if TYPE_CHECKING:
     from axolotl_dskd.loss import Heads, LossConfig
 
@@ -121,8 +123,9 @@ def pair_chunk(
         return None
     teacher_pred = row_argmax(teacher_log_p, heads.teacher_vocab)
     s2t_agree = row_argmax(s2t_logits, heads.teacher_vocab) == teacher_pred
-    t2s_label = teacher_pred if heads.teacher_to_student is None else heads.teacher_to_student[teacher_pred]
+    t2s_label = heads.t2s_label(teacher_pred)
     valid = t2s_label >= 0
+    fit = teacher_fit_counts(teacher_log_p, teacher_pred, heads.gold_in_teacher(labels), scratch=teacher_p)
     _log_softmax_(teacher_log_p.div_(temperature), teacher_p)
     s2t_log_q, s2t_q = s2t_logits.div_(temperature), teacher_log_p  # q overwrites log p_t once read
     p_log_p = _row_dot_(teacher_log_p, teacher_p)
@@ -181,6 +184,7 @@ def pair_chunk(
             agree.sum().float(),
             (t2s_pred == labels).sum().float(),
             s2t_agree.sum().float(),
+            *fit,
         ]
     )
     return sums, counts, (grad_hidden, grad_head, grad_projector)

@@ -8,12 +8,14 @@ as a module attached to the student gives them that moment, and its backward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from axolotl_dskd import zero3
-from axolotl_dskd.loss import Heads, LossConfig, chunked_loss
+from axolotl_dskd.loss import Heads, LossConfig, chunked_loss, pair_counts
 from axolotl_dskd.projectors import S2TMap, T2SProjector
 from axolotl_dskd.teacher import output_head
 
@@ -29,7 +31,7 @@ class HeadLoss(nn.Module):
         vocab_sizes: tuple[int, int],
         t2s_projector: T2SProjector | None = None,
         s2t_map: S2TMap | None = None,
-        teacher_to_student: torch.Tensor | None = None,
+        id_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         # neither model is a submodule: the loss may itself become a module of the student
@@ -39,13 +41,14 @@ class HeadLoss(nn.Module):
         self.student_vocab, self.teacher_vocab = vocab_sizes
         self.t2s_projector = t2s_projector
         self.s2t_map = s2t_map
-        self.teacher_to_student = teacher_to_student
+        # (teacher id -> student id, student id -> teacher id) of identical bytes; None: one vocabulary
+        self.id_maps = id_maps
 
     def heads(self, student_head: torch.Tensor, teacher_space: bool = True) -> Heads:
         """The heads and projectors as the loss reads them; the s2t weight only for
         `teacher_space` (it costs a vocabulary-sized product when the student head trains)."""
         teacher_head = output_head(self.teacher)
-        to_student = self.teacher_to_student
+        to_student, to_teacher = (None, None) if self.id_maps is None else self.id_maps
         return Heads(
             student_head,
             teacher_head,
@@ -54,18 +57,30 @@ class HeadLoss(nn.Module):
             None if self.t2s_projector is None else self.t2s_projector.weight,
             self.s2t_map.weight(student_head) if self.s2t_map and teacher_space else None,
             None if to_student is None else to_student.to(teacher_head.device),
+            None if to_teacher is None else to_teacher.to(teacher_head.device),
         )
 
     def forward(
-        self, student_rows: torch.Tensor, teacher_rows: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+        self,
+        student_rows: torch.Tensor,
+        teacher_rows: torch.Tensor,
+        labels: torch.Tensor,
+        weigh: Callable[[tuple[int, int] | None], torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weighted loss sum, term sums, counts): the first len(teacher_rows) student rows
-        pair with the teacher rows; the rest only enter the gold CE."""
+        pair with the teacher rows; the rest only enter the gold CE. `weigh` gives the term
+        weights from the pair counts (valid, agreeing) when the `paper` normalisation needs
+        them, else from None."""
         paired = teacher_rows.shape[0] > 0
         teacher_head = output_head(self.teacher)
         with zero3.gathered(*([teacher_head] if paired else [])):
             heads = self.heads(output_head(self.student), teacher_space=paired)
-            weighted, sums, counts = chunked_loss(student_rows, teacher_rows, labels, heads, self.loss_cfg, weights)
+            pairs = None
+            if self.loss_cfg.normalization == "paper" and self.t2s_projector is not None:
+                pairs = pair_counts(teacher_rows, heads, self.loss_cfg.chunk_size) if paired else (0, 0)
+            weighted, sums, counts = chunked_loss(
+                student_rows, teacher_rows, labels, heads, self.loss_cfg, weigh(pairs)
+            )
         # keeps the projector in the graph when no row pairs with the teacher
         anchor = sum(p.sum() * 0.0 for p in self.parameters())
         return weighted + anchor, sums, counts

@@ -20,10 +20,27 @@ import torch.nn.functional as F
 
 from axolotl_dskd import closed_form
 from axolotl_dskd.divergences import DivergenceConfig, divergence
+from axolotl_dskd.teacher_fit import gold_teacher_ids, teacher_fit_counts
 
 # Order of the differentiable sums and of the (non-differentiable) counts a chunk returns.
 LOSS_TERMS = ("ce_loss", "t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss", "vanilla_kd_loss")
-COUNTS = ("n_tokens", "n_pairs", "n_valid", "n_agree", "n_t2s_correct", "n_s2t_agree")
+# The last three measure the teacher against the gold tokens (teacher_fit.py).
+COUNTS = (
+    "n_tokens",
+    "n_pairs",
+    "n_valid",
+    "n_agree",
+    "n_t2s_correct",
+    "n_s2t_agree",
+    "n_teacher_gold",
+    "n_teacher_correct",
+    "teacher_gold_nll",
+)
+
+
+# What the KD sums are divided by: `global` = response tokens of the global batch (exact
+# under gradient accumulation); `paper` = DSKDv2's per-micro-batch pair counts.
+NORMALIZATIONS = ("global", "paper")
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,7 @@ class LossConfig:
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     agreement_mask: bool = True
     chunk_size: int = 512  # rows per chunk; the YAML default of dskd_loss_chunk_size
+    normalization: str = "global"
 
 
 @dataclass
@@ -43,7 +61,8 @@ class Heads:
 
     `student_vocab` / `teacher_vocab` bound the ids that are real tokens (padded head rows
     beyond a tokenizer are never a prediction). `teacher_to_student` maps a teacher id to
-    the student id of the same text (-1: none); None means both share one vocabulary.
+    the student id of the same text (-1: none), `student_to_teacher` the reverse; None
+    means both share one vocabulary.
     """
 
     student_head: torch.Tensor  # [V_s, d], trainable or frozen
@@ -53,6 +72,15 @@ class Heads:
     t2s_weight: torch.Tensor | None = None  # [d, D] trainable teacher -> student projector
     s2t_weight: torch.Tensor | None = None  # [D, d], built from the detached student head
     teacher_to_student: torch.Tensor | None = None
+    student_to_teacher: torch.Tensor | None = None
+
+    def t2s_label(self, teacher_pred: torch.Tensor) -> torch.Tensor:
+        """The teacher's prediction as a student id (-1: no student token has its bytes)."""
+        return teacher_pred if self.teacher_to_student is None else self.teacher_to_student[teacher_pred]
+
+    def gold_in_teacher(self, labels: torch.Tensor) -> torch.Tensor:
+        """The gold student tokens as teacher ids (-1: the teacher has no such token)."""
+        return gold_teacher_ids(labels, self.teacher_vocab, self.student_to_teacher)
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
@@ -82,14 +110,16 @@ def _pair_terms(
     with torch.no_grad():
         teacher_logits = _logits(teacher_hidden, heads.teacher_head)
 
+    teacher_pred = teacher_logits[:, : heads.teacher_vocab].argmax(-1)
+    fit = torch.stack(teacher_fit_counts(teacher_logits, teacher_pred, heads.gold_in_teacher(labels)))
+
     if cfg.method == "vanilla_kd":
         vocab = min(heads.student_vocab, heads.teacher_vocab)
         kd = divergence(teacher_logits[:, :vocab], student_logits[:, :vocab], cfg.divergence).sum()
-        n_rows = float(labels.numel())
-        return torch.stack([ce, zero, zero, zero, kd]), labels.new_tensor([n_rows] * 3 + [0.0] * 3, dtype=torch.float)
+        n_rows = labels.new_tensor([float(labels.numel())] * 3 + [0.0] * 3, dtype=torch.float)
+        return torch.stack([ce, zero, zero, zero, kd]), torch.cat([n_rows, fit])
 
-    teacher_pred = teacher_logits[:, : heads.teacher_vocab].argmax(-1)
-    t2s_label = teacher_pred if heads.teacher_to_student is None else heads.teacher_to_student[teacher_pred]
+    t2s_label = heads.t2s_label(teacher_pred)
     valid = t2s_label >= 0  # the teacher's prediction has a student token: otherwise skip the pair
     # student space: teacher hidden -> student hidden, decoded by the detached student head
     # fp32 projector, or bf16 when DeepSpeed's bf16 engine cast it with the student
@@ -109,12 +139,56 @@ def _pair_terms(
     sums = torch.stack([ce, t2s_ce, t2s_kd, s2t_kd, zero])
     n = torch.tensor(labels.numel(), device=labels.device)
     counts = torch.stack([n, n, valid.sum(), agree.sum(), (t2s_pred == labels).sum(), s2t_agree.sum()])
-    return sums, counts.float()
+    return sums, torch.cat([counts.float(), fit])
 
 
 def term_weights(cfg: LossConfig) -> torch.Tensor:
     """d loss / d sums for LOSS_TERMS: (1 - alpha) for the gold CE, alpha for each KD term."""
     return torch.tensor([1.0 - cfg.kd_ratio] + [cfg.kd_ratio] * (len(LOSS_TERMS) - 1))
+
+
+@torch.no_grad()
+def pair_counts(teacher_hidden: torch.Tensor, heads: Heads, chunk_size: int) -> tuple[int, int]:
+    """(pairs whose teacher prediction has a student token, of those the ones where the
+    projected teacher agrees): the per-micro-batch divisors of the `paper` normalisation,
+    known only once the teacher rows are decoded."""
+    n_valid = n_agree = 0
+    for start in range(0, teacher_hidden.shape[0], chunk_size):
+        rows = teacher_hidden[start : start + chunk_size]
+        t2s_label = heads.t2s_label(_logits(rows, heads.teacher_head)[:, : heads.teacher_vocab].argmax(-1))
+        projected = F.linear(rows.to(heads.t2s_weight.dtype), heads.t2s_weight).float()
+        t2s_pred = _logits(projected, heads.student_head.detach())[:, : heads.student_vocab].argmax(-1)
+        n_valid += int((t2s_label >= 0).sum())
+        n_agree += int(((t2s_label >= 0) & (t2s_pred == t2s_label)).sum())
+    return n_valid, n_agree
+
+
+def divided_weights(
+    cfg: LossConfig,
+    weights: torch.Tensor,
+    gold_divisor: float,
+    kd_divisor: float,
+    local_divisor: float,
+    counts: tuple[int, int] | None,
+    cross: bool,
+) -> torch.Tensor:
+    """Each term's weight divided by what its sum is normalised by, so sum(weights * sums)
+    is the loss. `global`: the gold CE by `gold_divisor`, every KD term by `kd_divisor`.
+    `paper` (DSKDv2's criterion, `counts` from `pair_counts`): the student-space KD by the
+    micro-batch's agreeing pairs and, with two tokenizers, the t2s CE and s2t KD by its
+    valid pairs, each times `local_divisor` (micro-batches per step x processes), so a step
+    averages its micro-batches' ratios."""
+    divisors = [float(gold_divisor)] + [float(kd_divisor)] * (len(LOSS_TERMS) - 1)
+    if cfg.normalization == "paper" and cfg.method == "dskd":
+        n_valid, n_agree = counts
+        by_pairs = ["t2s_ce_loss", "s2t_kd_loss"] if cross else []
+        if cfg.agreement_mask:
+            divisors[LOSS_TERMS.index("t2s_kd_loss")] = max(n_agree, 1) * local_divisor
+        elif cross:
+            by_pairs.append("t2s_kd_loss")
+        for term in by_pairs:
+            divisors[LOSS_TERMS.index(term)] = max(n_valid, 1) * local_divisor
+    return weights / torch.tensor(divisors)
 
 
 def _chunks(n_rows: int, n_pairs: int, chunk_size: int):

@@ -7,6 +7,7 @@ models and check gradient accumulation and gradient flow directly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,7 @@ from transformers import PreTrainedModel
 from axolotl_dskd import zero3
 from axolotl_dskd.collator import TEACHER_FIELDS
 from axolotl_dskd.head_loss import HeadLoss
-from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, kd_sum, term_weights
+from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, divided_weights, kd_sum, term_weights
 from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.teacher import last_hidden_state, output_head
 from axolotl_dskd.vocab import VocabBridge
@@ -109,7 +110,7 @@ class DistillationStep(nn.Module):
             (student_vocab, teacher_vocab),
             t2s_projector,
             s2t_map,
-            None if bridge is None else bridge.teacher_to_student,
+            None if bridge is None else (bridge.teacher_to_student, bridge.student_to_teacher),
         )
 
     @property
@@ -127,10 +128,15 @@ class DistillationStep(nn.Module):
         return self.head_loss.heads(student_head)
 
     def _score(
-        self, model: nn.Module, inputs: dict[str, torch.Tensor], weights: torch.Tensor, with_teacher: bool
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        weigh: Callable[[int, tuple[int, int] | None], torch.Tensor],
+        with_teacher: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(weighted loss sum + zero anchor, term sums, counts) of one batch. Without the
-        teacher every response row only enters the gold CE."""
+        """(loss + zero anchor, term sums, counts) of one batch; `weigh(response rows, pair
+        counts)` gives the divided term weights. Without the teacher every response row only
+        enters the gold CE."""
         model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
         cross = self.bridge is not None and with_teacher
         rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
@@ -152,11 +158,15 @@ class DistillationStep(nn.Module):
             teacher_rows = rows.teacher_rows(teacher_hidden).to(student_hidden.device)
         else:
             teacher_rows = student_hidden.new_zeros((0, self.teacher_hidden_size))
-        weighted, sums, counts = self.head_loss(
-            rows.student_rows(student_hidden), teacher_rows, rows.labels.to(student_hidden.device), weights
+        n_rows = rows.labels.numel()
+        loss, sums, counts = self.head_loss(
+            rows.student_rows(student_hidden),
+            teacher_rows,
+            rows.labels.to(student_hidden.device),
+            lambda pairs: weigh(n_rows, pairs),
         )
         # keeps every trainable tensor in the graph when a micro-batch has no response token
-        return weighted + student_hidden.sum() * 0.0, sums, counts
+        return loss + student_hidden.sum() * 0.0, sums, counts
 
     def forward(
         self,
@@ -166,27 +176,43 @@ class DistillationStep(nn.Module):
         kd_inputs: dict[str, torch.Tensor] | None = None,
         kd_divisor: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss = [(1-a) CE + a KD] summed over response rows / global response rows.
+        """Loss = [(1-a) CE + a KD] summed over response rows / global response rows
+        (`dskd_normalization: paper` divides the KD terms by local pair counts instead).
 
         `model` runs the student (it may be wrapped by DDP, DeepSpeed or FSDP).
+        `kd_divisor` is micro-batches per step x processes: it turns a per-micro-batch mean
+        into the micro-batch's share of the step.
         On-policy (`kd_inputs`: the student's own samples for the same prompts), the gold
         batch gives only the CE and the KD terms come from `kd_inputs`, divided by its own
-        response-row count times `kd_divisor` (micro-batches per step x processes), so a
-        step's KD is the mean over its on-policy micro-batches wherever they ran.
+        response-row count times `kd_divisor`, so a step's KD is the mean over its on-policy
+        micro-batches wherever they ran.
         """
-        weights = term_weights(self.loss_cfg)
+        cfg, weights, cross = self.loss_cfg, term_weights(self.loss_cfg), self.bridge is not None
+
+        def gold_divisor(n_rows: int) -> float:
+            return max(n_rows, 1) if num_items_in_batch is None else float(num_items_in_batch)
+
+        def off_policy(n_rows: int, pairs: tuple[int, int] | None) -> torch.Tensor:
+            divisor = gold_divisor(n_rows)
+            return divided_weights(cfg, weights, divisor, divisor, kd_divisor, pairs, cross)
+
         if kd_inputs is None:
-            weighted, sums, counts = self._score(model, inputs, weights, with_teacher=True)
-            denominator = num_items_in_batch if num_items_in_batch is not None else counts[0].clamp_min(1)
-            return weighted / denominator, self.metrics(sums, counts)
+            loss, sums, counts = self._score(model, inputs, off_policy, with_teacher=True)
+            return loss, self.metrics(sums, counts)
         gold_only = torch.zeros_like(weights)
         gold_only[0] = weights[0]
-        gold, gold_sums, gold_counts = self._score(model, inputs, gold_only, with_teacher=False)
-        kd, kd_sums, kd_counts = self._score(model, kd_inputs, weights - gold_only, with_teacher=True)
-        denominator = num_items_in_batch if num_items_in_batch is not None else gold_counts[0].clamp_min(1)
-        loss = gold / denominator + kd / (kd_counts[0].clamp_min(1) * kd_divisor)
+
+        def gold_weights(n_rows: int, _pairs: tuple[int, int] | None) -> torch.Tensor:
+            return gold_only / gold_divisor(n_rows)
+
+        def on_policy(n_rows: int, pairs: tuple[int, int] | None) -> torch.Tensor:
+            kd_rows = max(n_rows, 1) * kd_divisor
+            return divided_weights(cfg, weights - gold_only, 1.0, kd_rows, kd_divisor, pairs, cross)
+
+        gold, gold_sums, gold_counts = self._score(model, inputs, gold_weights, with_teacher=False)
+        kd, kd_sums, kd_counts = self._score(model, kd_inputs, on_policy, with_teacher=True)
         metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_sums[0].item() / max(gold_counts[0].item(), 1)}
-        return loss, metrics
+        return gold + kd, metrics
 
     def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
         """Per-token means over this micro-batch, for logging."""
@@ -200,4 +226,6 @@ class DistillationStep(nn.Module):
             metrics["t2s_acc"] = count["n_t2s_correct"] / n_pairs
             metrics["s2t_agreement"] = count["n_s2t_agree"] / n_pairs
             metrics["align_ratio"] = count["n_pairs"] / n_tokens
+        metrics["teacher_acc"] = count["n_teacher_correct"] / n_pairs
+        metrics["teacher_ce"] = count["teacher_gold_nll"] / max(count["n_teacher_gold"], 1.0)
         return metrics

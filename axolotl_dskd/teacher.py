@@ -25,6 +25,8 @@ class TeacherSpec:
 
     path: str
     revision: str | None = None
+    adapter: str | None = None  # a PEFT LoRA adapter fine-tuned on the task (stage 1)
+    adapter_revision: str | None = None
     dtype: torch.dtype = torch.float32
     load_in_8bit: bool = False
     load_in_4bit: bool = False
@@ -77,10 +79,24 @@ def load_teacher(spec: TeacherSpec, device: torch.device) -> PreTrainedModel:
     )
     if quantization is None and not zero3.enabled():  # ZeRO-3 placed each rank's slice already
         model.to(device)
+    if spec.adapter:
+        model = with_adapter(model, spec, merge=quantization is None)
     check_logits_are_plain(model)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def with_adapter(model: PreTrainedModel, spec: TeacherSpec, merge: bool) -> PreTrainedModel:
+    """The teacher with its LoRA adapter applied. A full-precision teacher gets it merged
+    (the same weights as a merged copy, and no extra cost per forward); a quantized one
+    keeps the LoRA layers beside its 4/8-bit weights, exactly as the adapter was trained,
+    since merging would re-quantize them."""
+    from peft import PeftModel
+
+    LOG.info("dskd: applying teacher adapter %s (%s)", spec.adapter, "merged" if merge else "unmerged, quantized base")
+    adapted = PeftModel.from_pretrained(model, spec.adapter, revision=spec.adapter_revision, is_trainable=False)
+    return adapted.merge_and_unload() if merge else adapted.get_base_model()
 
 
 def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,7 @@ def loss_config(args: object) -> LossConfig:
         ),
         agreement_mask=args.dskd_agreement_mask,
         chunk_size=args.dskd_loss_chunk_size,
+        normalization=args.dskd_normalization,
     )
 
 
@@ -76,6 +77,8 @@ class DSKDTrainer(AxolotlTrainer):
         spec = TeacherSpec(
             path=self.args.dskd_teacher_model,
             revision=self.args.dskd_teacher_revision,
+            adapter=self.args.dskd_teacher_adapter,
+            adapter_revision=self.args.dskd_teacher_adapter_revision,
             dtype=resolve_dtype(self.args.dskd_teacher_dtype, student_head.dtype),
             load_in_8bit=self.args.dskd_teacher_load_in_8bit,
             load_in_4bit=self.args.dskd_teacher_load_in_4bit,

@@ -37,3 +37,34 @@ def reference_dskd(
     )
     ce = F.cross_entropy(z_s, labels, reduction="sum")
     return (1 - cfg.kd_ratio) * ce + cfg.kd_ratio * kd
+
+
+def reference_paper(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    labels: torch.Tensor,
+    heads: Heads,
+    cfg: LossConfig,
+    loss_denom: float,
+) -> torch.Tensor:
+    """DSKDv2's criterion for one micro-batch (method doc 2.3 and 4.2): the gold CE over
+    `loss_denom`; t2s KD over the agreeing pairs; with two tokenizers t2s CE and s2t KD over
+    the valid pairs, else over `loss_denom`. The first len(teacher_hidden) rows are pairs."""
+    n_pairs = teacher_hidden.shape[0]
+    z_s_all = _logits(student_hidden, heads.student_head)
+    z_s = z_s_all[:n_pairs]
+    with torch.no_grad():
+        z_t = _logits(teacher_hidden, heads.teacher_head)
+    teacher_pred = z_t[:, : heads.teacher_vocab].argmax(-1)
+    label = teacher_pred if heads.teacher_to_student is None else heads.teacher_to_student[teacher_pred]
+    valid = label >= 0
+    z_t2s = _logits(F.linear(teacher_hidden.float(), heads.t2s_weight), heads.student_head.detach())
+    agree = valid & (z_t2s[:, : heads.student_vocab].argmax(-1) == label)
+    t2s_ce = F.cross_entropy(z_t2s[valid], label[valid], reduction="sum")
+    t2s_kd = (divergence(z_t2s.detach(), z_s, cfg.divergence) * agree).sum() / max(int(agree.sum()), 1)
+    z_s2t = _logits(student_hidden[:n_pairs].float() @ heads.s2t_weight.T, heads.teacher_head)
+    s2t_kd = (divergence(z_t, z_s2t, cfg.divergence) * valid).sum()
+    pair_denom = max(int(valid.sum()), 1) if heads.teacher_to_student is not None else loss_denom
+    kd = t2s_ce / pair_denom + t2s_kd + s2t_kd / pair_denom
+    ce = F.cross_entropy(z_s_all, labels, reduction="sum") / loss_denom
+    return (1 - cfg.kd_ratio) * ce + cfg.kd_ratio * kd

@@ -18,10 +18,12 @@ def _inputs(seed: int, cross: bool) -> tuple[torch.Tensor, torch.Tensor, torch.T
     student_hidden = torch.randn(ROWS, HIDDEN, generator=generator)
     teacher_hidden = torch.randn(ROWS, HIDDEN, generator=generator)
     labels = torch.randint(0, REAL_VOCAB, (ROWS,), generator=generator)
-    mapping = None
+    mapping = reverse = None
     if cross:
         mapping = torch.arange(V_T).clamp_max(REAL_VOCAB - 1)
         mapping[::3] = -1  # teacher tokens with no student token
+        reverse = torch.arange(V_S)
+        reverse[::3] = -1  # gold tokens the teacher cannot say
     # the student head starts as the teacher's and the projector near identity, so that
     # some projected teacher rows agree with the teacher's prediction and some do not
     teacher_head = torch.randn(V_T, HIDDEN, generator=generator)
@@ -33,6 +35,7 @@ def _inputs(seed: int, cross: bool) -> tuple[torch.Tensor, torch.Tensor, torch.T
         t2s_weight=torch.eye(HIDDEN) + 0.4 * torch.randn(HIDDEN, HIDDEN, generator=generator),
         s2t_weight=torch.eye(HIDDEN) + 0.4 * torch.randn(HIDDEN, HIDDEN, generator=generator),
         teacher_to_student=mapping,
+        student_to_teacher=reverse,
     )
     return student_hidden, teacher_hidden, labels, heads
 
@@ -69,7 +72,8 @@ def test_closed_form_equals_autograd(cross: bool, agreement_mask: bool, temperat
     assert result is not None
     sums, counts, grads = result
     assert torch.allclose(sums, expected_sums, rtol=1e-5, atol=1e-5)
-    assert counts.tolist() == expected_counts.tolist()
+    assert counts[:-1].tolist() == expected_counts[:-1].tolist()  # the last is the teacher's NLL sum
+    assert counts[-1].item() == pytest.approx(expected_counts[-1].item(), rel=1e-5)
     for got, expected in zip(grads, expected_grads, strict=True):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
     n_valid, n_agree = counts[2].item(), counts[3].item()

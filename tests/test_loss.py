@@ -1,13 +1,15 @@
 """The chunked loss against a straightforward full-logits computation of the method doc."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from axolotl_dskd.divergences import DIVERGENCES, DivergenceConfig, divergence
-from axolotl_dskd.loss import Heads, LossConfig, chunked_loss
+from axolotl_dskd.loss import Heads, LossConfig, chunked_loss, divided_weights, pair_counts, term_weights
 from axolotl_dskd.projectors import T2SProjector
-from tests.reference_loss import reference_dskd
+from tests.reference_loss import reference_dskd, reference_paper
 
 ROWS, D_S, D_T, V_S, V_T, REAL_VOCAB = 13, 6, 10, 30, 34, 30
 
@@ -86,6 +88,9 @@ def test_counts_report_tokens_agreement_and_accuracy() -> None:
         (t2s_pred == teacher_pred).sum().item(),
         (t2s_pred == labels).sum().item(),
         (s2t_pred == teacher_pred).sum().item(),
+        ROWS,  # one vocabulary: the teacher has every gold token
+        (teacher_pred == labels).sum().item(),
+        pytest.approx(F.cross_entropy(z_t, labels, reduction="sum").item(), rel=1e-5),
     ]
 
 
@@ -159,3 +164,30 @@ def test_bf16_projector_trains_like_the_fp32_one() -> None:
     assert bf16_grad.dtype == torch.bfloat16
     assert bf16_loss.item() == pytest.approx(fp32_loss.item(), rel=2e-2)
     assert torch.allclose(bf16_grad.float(), fp32_grad, atol=2e-2 * fp32_grad.abs().max().item(), rtol=2e-2)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("chunk_size", [3, 1024])
+def test_paper_normalisation_matches_the_reference_criterion(cross: bool, chunk_size: int) -> None:
+    student_hidden, teacher_hidden, labels, heads = _setup(seed=10)
+    if cross:
+        teacher_hidden = teacher_hidden[:9]  # 9 aligned pairs, 4 unaligned student rows
+        heads.teacher_to_student = torch.randint(0, REAL_VOCAB, (V_T,))
+        heads.teacher_to_student[::3] = -1
+    cfg = LossConfig(kd_ratio=0.4, chunk_size=chunk_size, normalization="paper")
+    loss_denom = 17.0
+    pairs = pair_counts(teacher_hidden, heads, chunk_size)
+    assert 0 < pairs[1] < pairs[0]  # some agreeing pairs, fewer than the valid ones
+    weights = divided_weights(cfg, term_weights(cfg), loss_denom, loss_denom, 1.0, pairs, cross)
+    got = chunked_loss(student_hidden, teacher_hidden, labels, heads, cfg, weights)[0]
+    expected = reference_paper(student_hidden, teacher_hidden, labels, heads, cfg, loss_denom)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    trained = [student_hidden, heads.student_head, heads.t2s_weight]
+    for got_grad, expected_grad in zip(_grads(got, trained), _grads(expected, trained), strict=True):
+        assert torch.allclose(got_grad, expected_grad, atol=1e-5, rtol=1e-5)
+    # and it is another loss than the global normalisation's
+    global_cfg = replace(cfg, normalization="global")
+    global_weights = divided_weights(global_cfg, term_weights(cfg), loss_denom, loss_denom, 1.0, None, cross)
+    assert chunked_loss(student_hidden, teacher_hidden, labels, heads, cfg, global_weights)[0].item() != pytest.approx(
+        expected.item(), rel=1e-3
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -132,9 +133,30 @@ def test_metrics_are_logged_per_term(models) -> None:
         "t2s_acc",
         "s2t_agreement",
         "align_ratio",
+        "teacher_acc",
+        "teacher_ce",
     }
     assert metrics["align_ratio"] == 1.0  # same vocabulary: every response token is paired
     assert metrics["kd_loss"] == pytest.approx(
         metrics["t2s_ce_loss"] + metrics["t2s_kd_loss"] + metrics["s2t_kd_loss"], rel=1e-5
     )
     assert 0.0 <= metrics["t2s_agreement"] <= 1.0 and 0.0 <= metrics["t2s_acc"] <= 1.0
+    assert 0.0 <= metrics["teacher_acc"] <= 1.0 and metrics["teacher_ce"] > 0.0
+
+
+@pytest.mark.parametrize("normalization", ["global", "paper"])
+def test_paper_normalisation_makes_gradient_accumulation_differ_from_one_batch(models, normalization: str) -> None:
+    """What `dskd_normalization: paper` costs: per-micro-batch divisors, so splitting a
+    batch into micro-batches of different sizes changes the loss; `global` does not."""
+    student, _, batch, vocab_size = models
+    # a sharpened copy of the student as teacher: the pinv projector is near identity, so
+    # pairs agree, and the student-space KD is large
+    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    teacher.model.norm.weight.mul_(30.0)
+    step = DistillationStep(student, teacher, LossConfig(chunk_size=16, normalization=normalization), vocab_size)
+    num_items = (batch["labels"][:, 1:] != -100).sum()
+    whole, metrics = step(student, batch, num_items)
+    assert metrics["t2s_agreement"] > 0.5 and metrics["t2s_kd_loss"] > 0.1, metrics
+    parts = [{key: value[rows] for key, value in batch.items()} for rows in (slice(0, 1), slice(1, 4))]
+    split = sum(step(student, part, num_items, kd_divisor=2)[0].item() for part in parts)
+    assert (abs(split - whole.item()) > 1e-4) == (normalization == "paper"), (split, whole.item())
