@@ -1,5 +1,6 @@
-"""The `axolotl-dskd` command: `demo` (a real distillation on the embedded default pair) and
-`align` (how much of a text a tokenizer pair can distill)."""
+"""The `axolotl-dskd` command: `demo` (a real distillation on the embedded default pair),
+`align` (how much of a text a tokenizer pair can distill), `eval` (score a student on
+held-out rows) and `teacher-fit` (does the teacher fit the training data)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,28 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def teacher_fit(args: argparse.Namespace) -> int:
+    """Load the config, data, student and teacher exactly as `axolotl train` would, score
+    both on the first training rows, and stop before training."""
+    from axolotl.cli.args import TrainerCliArgs
+    from axolotl.cli.config import load_cfg
+    from axolotl.common.datasets import load_datasets
+    from axolotl.train import setup_model_and_trainer
+
+    cfg = load_cfg(args.config)
+    if not cfg.get("dskd_teacher_model"):
+        print(f"teacher-fit: {args.config} has no dskd_teacher_model (is axolotl_dskd.DSKDPlugin in plugins?)")
+        return 2
+    rows = args.rows if args.rows is not None else (cfg.dskd_teacher_fit_rows or 64)
+    trainer, *_ = setup_model_and_trainer(cfg, load_datasets(cfg=cfg, cli_args=TrainerCliArgs()))
+    fit = trainer.measure_teacher_fit(trainer.model, rows)
+    print(fit.table())
+    if fit.warning():
+        print(fit.warning())
+    print(fit.to_json())
+    return 0
+
+
 def add_eval_parser(commands: Any) -> None:
     from axolotl_dskd.evaluate import PROMPT_FORMATS, TASKS
 
@@ -164,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     align_parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     align_parser.set_defaults(handler=align)
     add_eval_parser(commands)
+    fit_parser = commands.add_parser("teacher-fit", help="score teacher and student on training rows, no training")
+    fit_parser.add_argument("config", help="the Axolotl YAML of the DSKD run")
+    fit_parser.add_argument("--rows", type=int, help="training rows to score (default: dskd_teacher_fit_rows or 64)")
+    fit_parser.set_defaults(handler=teacher_fit)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -218,7 +218,7 @@ def _chunk_by_autograd(chunk_fn, rows, student_hidden, teacher_hidden, labels, h
             chunk_sums, chunk_counts = _ce_only(hidden, labels[rows], chunk_heads)
         leaves = [(k, t) for k, t in enumerate((hidden, head, projector)) if t is not None and t.requires_grad]
         grads: list[torch.Tensor | None] = [None, None, None]
-        if leaves:
+        if leaves and chunk_sums.requires_grad:  # a chunk of lone rows never reaches the projector
             found = torch.autograd.grad((chunk_sums * weights).sum(), [t for _, t in leaves], allow_unused=True)
             for (k, _), grad in zip(leaves, found, strict=True):
                 grads[k] = grad

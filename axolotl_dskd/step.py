@@ -214,6 +214,13 @@ class DistillationStep(nn.Module):
         metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_sums[0].item() / max(gold_counts[0].item(), 1)}
         return gold + kd, metrics
 
+    @torch.no_grad()
+    def score(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(term sums, counts) of one batch without gradients: for measuring, not training."""
+        weights = term_weights(self.loss_cfg)
+        _, sums, counts = self._score(model, inputs, lambda _rows, _pairs: weights, with_teacher=True)
+        return sums, counts
+
     def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
         """Per-token means over this micro-batch, for logging."""
         count = dict(zip(COUNTS, counts.tolist(), strict=True))

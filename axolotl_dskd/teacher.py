@@ -95,7 +95,10 @@ def with_adapter(model: PreTrainedModel, spec: TeacherSpec, merge: bool) -> PreT
     from peft import PeftModel
 
     LOG.info("dskd: applying teacher adapter %s (%s)", spec.adapter, "merged" if merge else "unmerged, quantized base")
-    adapted = PeftModel.from_pretrained(model, spec.adapter, revision=spec.adapter_revision, is_trainable=False)
+    # PEFT draws random initial LoRA weights before loading the saved ones: keep the run's
+    # random stream (data order, dropout) exactly as it would be without an adapter
+    with torch.random.fork_rng(devices=[]):
+        adapted = PeftModel.from_pretrained(model, spec.adapter, revision=spec.adapter_revision, is_trainable=False)
     return adapted.merge_and_unload() if merge else adapted.get_base_model()
 
 

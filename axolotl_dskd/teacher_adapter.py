@@ -69,6 +69,8 @@ def _adapter_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
 def _module_name(key: str) -> tuple[str, str]:
     """('model.layers.0.self_attn.q_proj', 'lora_A') from a PEFT state-dict key."""
     name = key.removeprefix("base_model.model.")
+    for wrapper in (".base_layer", ".modules_to_save.default", ".original_module"):  # PEFT's own module wrappers
+        name = name.replace(wrapper, "")
     for part in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector"):
         if f".{part}" in name:
             return name.split(f".{part}")[0], part

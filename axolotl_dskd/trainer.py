@@ -18,7 +18,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from axolotl_dskd import zero3
 from axolotl_dskd.collator import TEACHER_COLUMNS
 from axolotl_dskd.divergences import DivergenceConfig
-from axolotl_dskd.loss import LossConfig
+from axolotl_dskd.fit_check import TeacherFit
+from axolotl_dskd.loss import COUNTS, LossConfig
 from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch
 from axolotl_dskd.step import DistillationStep
 from axolotl_dskd.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
@@ -64,6 +65,25 @@ class ProjectorGradReset(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, **kwargs) -> None:
         self.projector.zero_grad(set_to_none=True)
+
+
+class TeacherFitCheck(TrainerCallback):
+    """Before the first step of a fresh run (the model is wrapped by then, so every engine
+    can run it), score teacher and student on the first training rows and warn when the
+    teacher does not fit the data."""
+
+    def __init__(self, trainer: DSKDTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if state.global_step > 0:  # resumed: checked when the run started
+            return
+        trainer = self.trainer
+        fit = trainer.measure_teacher_fit(trainer.model_wrapped, args.dskd_teacher_fit_rows)
+        if trainer.is_world_process_zero():
+            LOG.info("dskd: teacher fit before training:\n%s", fit.table())
+            if fit.warning():
+                LOG.warning(fit.warning())
 
 
 class DSKDTrainer(AxolotlTrainer):
@@ -114,6 +134,8 @@ class DSKDTrainer(AxolotlTrainer):
             self.model.add_module(LOSS_MODULE, head_loss)
             if zero3.enabled():
                 zero3.read_in_forward(head_loss, [student_head, *head_loss.parameters()])
+        if self.args.dskd_teacher_fit_rows > 0:
+            self.add_callback(TeacherFitCheck(self))
         self.on_policy = OnPolicyConfig.from_settings(self.args, seed=self.args.seed)
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
         self._projector_synced_at = -1
@@ -135,6 +157,31 @@ class DSKDTrainer(AxolotlTrainer):
         """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""
         super()._set_signature_columns_if_needed()
         self._signature_columns += [c for c in TEACHER_COLUMNS if c not in self._signature_columns]
+
+    def measure_teacher_fit(self, model: torch.nn.Module, rows: int) -> TeacherFit:
+        """Teacher and student on the first `rows` training rows, collated as training
+        collates them, in eval mode and without gradients."""
+        dataset = self._remove_unused_columns(self.train_dataset, description="teacher fit")
+        dataset = dataset.select(range(min(rows, len(dataset))))
+        batch_size = self.args.per_device_train_batch_size
+        was_training = model.training
+        model.eval()
+        sums = counts = None
+        for start in range(0, len(dataset), batch_size):
+            batch = self.data_collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+            batch_sums, batch_counts = self.distill.score(model, self._prepare_inputs(batch))
+            sums = batch_sums if sums is None else sums + batch_sums
+            counts = batch_counts if counts is None else counts + batch_counts
+        model.train(was_training)
+        metrics = self.distill.metrics(sums, counts)
+        return TeacherFit(
+            rows=len(dataset),
+            response_tokens=int(counts[COUNTS.index("n_tokens")].item()),
+            teacher_acc=metrics["teacher_acc"],
+            teacher_ce=metrics["teacher_ce"],
+            student_ce=metrics["ce_loss"],
+            align_ratio=metrics.get("align_ratio", 1.0),
+        )
 
     def _on_policy_inputs(self, model, inputs) -> tuple[dict | None, dict[str, float]]:
         """The student's own samples for this micro-batch's prompts when its coin says so."""

@@ -11,7 +11,16 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny import STUDENT_TEMPLATE, TEACHER_TEMPLATE, build_llama, build_tokenizer, gsm_texts_and_data  # noqa: E402
+from tests.tiny import (  # noqa: E402
+    STUDENT_TEMPLATE,
+    TEACHER_TEMPLATE,
+    build_llama,
+    build_lora,
+    build_tokenizer,
+    gsm_texts_and_data,
+)
+
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +48,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         chat_data=chat_data,
         teacher_tokenizer=teacher_tokenizer,
         cross_teacher=root / "cross_teacher",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny) -> SimpleNamespace:
+    """LoRA adapters as stage-1 runs leave them: for the teacher, the cross teacher, the
+    student (another hidden size) and one that also adapts the teacher's output head."""
+    root = tiny.root / "adapters"
+    return SimpleNamespace(
+        teacher=build_lora(tiny.teacher, root / "teacher", LINEAR, seed=5),
+        cross_teacher=build_lora(tiny.cross_teacher, root / "cross_teacher", LINEAR, seed=6),
+        student=build_lora(tiny.student, root / "student", LINEAR, seed=7),
+        with_head=build_lora(tiny.teacher, root / "with_head", [*LINEAR, "lm_head"], seed=8),
     )
 
 

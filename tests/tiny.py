@@ -151,3 +151,15 @@ def gsm_texts_and_data(out_dir: Path, size: int) -> tuple[list[str], Path, Path]
         for row in rows
     ]
     return texts, write_jsonl(rows, out_dir / "gsm.jsonl"), write_jsonl(chats, out_dir / "gsm_chat.jsonl")
+
+
+def build_lora(base: Path, out_dir: Path, target_modules: list[str], seed: int) -> Path:
+    """A LoRA adapter saved like a stage-1 run's output_dir, with random (non-zero) B
+    matrices so that it visibly changes the model it adapts."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=target_modules, init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out_dir)
+    return out_dir
