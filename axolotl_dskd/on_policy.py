@@ -19,6 +19,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from axolotl_dskd import zero3
+from axolotl_dskd.eval_mode import eval_mode_keeping_4bit
 
 IGNORE_INDEX = -100
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
@@ -106,42 +107,23 @@ def sample(
     max_new_tokens = min(cfg.max_new_tokens, max_length - input_ids.shape[1])
     if max_new_tokens <= 0:
         return input_ids.new_zeros((len(prompt_rows), 0))
-    was_training = model.training
-    model.eval()
-    for layer in _four_bit_layers(model):
-        # bitsandbytes repacks a 4-bit weight for CPU inference the first time an eval-mode
-        # layer runs without grad; that repacking fails on small shapes and is not meant
-        # for weights that train next. These layers have no dropout: train mode changes
-        # nothing else.
-        layer.train()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                do_sample=True,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                top_k=cfg.top_k,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad_id,
-                eos_token_id=eos_id,
-                use_cache=True,
-                # FSDP and ZeRO-3 gather each layer on every rank: ranks keep stepping until all are done
-                synced_gpus=isinstance(model, FSDPModule) or zero3.enabled(),
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode_keeping_4bit(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        output = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            use_cache=True,
+            # FSDP and ZeRO-3 gather each layer on every rank: ranks keep stepping until all are done
+            synced_gpus=isinstance(model, FSDPModule) or zero3.enabled(),
+        )
     return output[:, input_ids.shape[1] :].cpu()
-
-
-def _four_bit_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
-    try:
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:
-        return []
-    return [module for module in model.modules() if isinstance(module, Linear4bit)]
 
 
 def sampled_batch(

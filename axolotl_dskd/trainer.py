@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from axolotl_dskd import zero3
 from axolotl_dskd.collator import TEACHER_COLUMNS
 from axolotl_dskd.divergences import DivergenceConfig
+from axolotl_dskd.eval_mode import eval_mode_keeping_4bit
 from axolotl_dskd.fit_check import TeacherFit
 from axolotl_dskd.loss import COUNTS, LossConfig
 from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch
@@ -164,15 +165,13 @@ class DSKDTrainer(AxolotlTrainer):
         dataset = self._remove_unused_columns(self.train_dataset, description="teacher fit")
         dataset = dataset.select(range(min(rows, len(dataset))))
         batch_size = self.args.per_device_train_batch_size
-        was_training = model.training
-        model.eval()
         sums = counts = None
-        for start in range(0, len(dataset), batch_size):
-            batch = self.data_collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            batch_sums, batch_counts = self.distill.score(model, self._prepare_inputs(batch))
-            sums = batch_sums if sums is None else sums + batch_sums
-            counts = batch_counts if counts is None else counts + batch_counts
-        model.train(was_training)
+        with eval_mode_keeping_4bit(model):
+            for start in range(0, len(dataset), batch_size):
+                batch = self.data_collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+                batch_sums, batch_counts = self.distill.score(model, self._prepare_inputs(batch))
+                sums = batch_sums if sums is None else sums + batch_sums
+                counts = batch_counts if counts is None else counts + batch_counts
         metrics = self.distill.metrics(sums, counts)
         return TeacherFit(
             rows=len(dataset),

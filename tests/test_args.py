@@ -156,7 +156,9 @@ def test_plugins_that_replace_the_logits_path_are_rejected(flag: str) -> None:
         check_settings(settings)
 
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "example_yamls").glob("*.yml"))
+EXAMPLE_DIR = Path(__file__).parent.parent / "example_yamls"
+STAGE1 = EXAMPLE_DIR / "two-stage-1-teacher-lora.yml"  # plain Axolotl: fine-tunes the teacher
+EXAMPLES = sorted(path for path in EXAMPLE_DIR.glob("*.yml") if path != STAGE1)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
@@ -173,6 +175,16 @@ def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> Non
         from axolotl_dskd.args import check_deepspeed
 
         check_deepspeed(SimpleNamespace(deepspeed=str(path.parent.parent / cfg["deepspeed"])))
+
+
+def test_two_stage_examples_are_a_matched_pair() -> None:
+    stage1 = yaml.safe_load(STAGE1.read_text())
+    stage2 = yaml.safe_load((EXAMPLE_DIR / "two-stage-2-distill-lora.yml").read_text())
+    assert "plugins" not in stage1 and not any(key.startswith("dskd_") for key in stage1)
+    assert stage1["adapter"] in {"lora", "qlora"}
+    assert stage2["dskd_teacher_model"] == stage1["base_model"]
+    assert stage2["dskd_teacher_adapter"] == stage1["output_dir"]
+    assert stage2["datasets"] == stage1["datasets"]
 
 
 def test_teacher_chat_template_with_a_shared_tokenizer_is_rejected(tiny, tmp_path) -> None:
