@@ -3,8 +3,10 @@
 Stage 1 fine-tunes the teacher on the training split with plain Axolotl (LoRA). Stage 2
 trains the same starting student on the same rows, steps, LoRA, learning rate and seed
 with each arm: SFT only; DSKD (off-policy, on-policy) with the stage-1 teacher through
-`dskd_teacher_adapter`; DSKD with the untuned teacher (what stage 1 buys); TRL's GOLD as
-the peer (benchmarks/gold_arm.py, CE weight matched). Each student is scored with
+`dskd_teacher_adapter`; DSKD with the untuned teacher (what stage 1 buys); DSKD with a
+"light" stage 1 (one epoch on other rows of the task, so the teacher learns the format
+without memorising the training answers); TRL's GOLD as the peer (benchmarks/gold_arm.py,
+CE weight matched). Each student is scored with
 `axolotl-dskd eval` on held-out sets whose rows never appear in training.
 
 Task (different tokenizers): Qwen2.5-Coder-0.5B-Instruct -> SmolLM2-135M-Instruct, both
@@ -48,7 +50,8 @@ TRAIN_SETTINGS = {"learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_steps
 
 @dataclass(frozen=True)
 class Arm:
-    """One way to train the student: `kind` sft | dskd | gold; `teacher` tuned | base."""
+    """One way to train the student: `kind` sft | dskd | gold; `teacher` tuned (stage 1 on
+    the training rows) | light (stage 1 on other rows of the task, one epoch) | base."""
 
     kind: str
     teacher: str = "tuned"
@@ -60,6 +63,7 @@ ARMS = {
     "dskd": Arm("dskd", settings=KD),
     "dskd_on_policy": Arm("dskd", settings=KD | {"dskd_on_policy_ratio": 0.5, "dskd_on_policy_max_new_tokens": 16}),
     "dskd_untuned": Arm("dskd", teacher="base", settings=KD),
+    "dskd_light": Arm("dskd", teacher="light", settings=KD),
     "gold": Arm("gold", settings=KD),
 }
 
@@ -73,6 +77,7 @@ class Task:
     eval_sets: dict[str, list[dict[str, Any]]]
     epochs: int
     teacher_epochs: int
+    other_rows: list[dict[str, Any]] = field(default_factory=list)  # same task, neither trained nor held out
     max_new_tokens: int = 16
 
     @property
@@ -124,6 +129,7 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int) -> Task:
         "mul": problems("mul", eval_size, (2, 1), rng, seen),
         "add3": problems("add", eval_size, (3, 3), rng, seen),
     }
+    other = problems("add", train_size // 2, (2, 2), rng, seen) + problems("sub", train_size // 2, (2, 2), rng, seen)
     eval_sets = {
         name: [{"instruction": q, "output": a, "answer": str(x)} for q, a, x in map(worked, rows)]
         for name, rows in held_out.items()
@@ -136,6 +142,7 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int) -> Task:
         eval_sets=eval_sets,
         epochs=epochs,
         teacher_epochs=2,
+        other_rows=[chat(q, a) for q, a, _ in map(worked, other)],
     )
 
 
@@ -189,19 +196,25 @@ def recorded(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def stage1(task: Task, out: Path) -> Path:
-    """The teacher's LoRA fine-tune on the training split, plain Axolotl, its own template."""
-    run_dir = out / f"{task.name}-stage1-teacher"
+def stage1(task: Task, out: Path, variant: str) -> Path:
+    """The teacher's LoRA fine-tune, plain Axolotl, its own template: `tuned` on the training
+    split for `teacher_epochs`; `light` one epoch on other rows of the same task."""
+    label = f"{task.name}-stage1" if variant == "tuned" else f"{task.name}-stage1-{variant}"
+    run_dir = out / f"{label}-teacher"
 
     def make() -> dict[str, Any]:
-        cfg = axolotl_config(task.teacher, out / f"{task.name}-train.jsonl", run_dir, task.teacher_steps, seed=0)
+        data, epochs = out / f"{task.name}-train.jsonl", task.teacher_epochs
+        if variant == "light":
+            data, epochs = assets.write_jsonl(task.other_rows, out / f"{task.name}-other.jsonl"), 1
+        steps = epochs * len(task.train_rows) // TRAIN_SETTINGS["micro_batch_size"]
+        cfg = axolotl_config(task.teacher, data, run_dir, steps, seed=0)
         cfg.pop("dskd_teacher_fit_rows")
-        path = out / f"{task.name}-stage1.yml"
+        path = out / f"{label}.yml"
         path.write_text(yaml.safe_dump(cfg))
-        seconds = run_measured([str(BIN / "axolotl"), "train", str(path)], out / f"{task.name}-stage1.log")
-        return {"adapter": str(run_dir), "train_seconds": seconds}
+        seconds = run_measured([str(BIN / "axolotl"), "train", str(path)], out / f"{label}.log")
+        return {"adapter": str(run_dir), "train_seconds": seconds, "steps": steps}
 
-    return Path(recorded(out / f"{task.name}-stage1.json", make)["adapter"])
+    return Path(recorded(out / f"{label}.json", make)["adapter"])
 
 
 def history(run_dir: Path, steps: int) -> list[dict[str, Any]]:
@@ -211,8 +224,9 @@ def history(run_dir: Path, steps: int) -> list[dict[str, Any]]:
     return json.loads((run_dir / "log_history.json").read_text())  # the GOLD arm
 
 
-def train_arm(task: Task, arm_name: str, seed: int, teacher_adapter: Path, out: Path) -> dict[str, Any]:
+def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], out: Path) -> dict[str, Any]:
     arm = ARMS[arm_name]
+    teacher_adapter = adapters.get(arm.teacher)
     label = f"{task.name}-{arm_name}-s{seed}"
     run_dir = out / label
     data = out / f"{task.name}-train.jsonl"
@@ -222,7 +236,7 @@ def train_arm(task: Task, arm_name: str, seed: int, teacher_adapter: Path, out: 
             spec = {
                 "student": str(task.student),
                 "teacher": str(task.teacher),
-                "teacher_adapter": str(teacher_adapter) if arm.teacher == "tuned" else None,
+                "teacher_adapter": str(teacher_adapter) if teacher_adapter else None,
                 "data": str(data),
                 "output_dir": str(run_dir),
                 "steps": task.steps,
@@ -241,7 +255,7 @@ def train_arm(task: Task, arm_name: str, seed: int, teacher_adapter: Path, out: 
             if arm.kind == "dskd":
                 cfg |= {"plugins": ["axolotl_dskd.DSKDPlugin"], "dskd_teacher_model": str(task.teacher)}
                 cfg |= {"dskd_teacher_chat_template": True, **arm.settings}
-                if arm.teacher == "tuned":
+                if teacher_adapter:
                     cfg["dskd_teacher_adapter"] = str(teacher_adapter)
             else:
                 cfg.pop("dskd_teacher_fit_rows")
@@ -281,14 +295,20 @@ def run(task: Task, arms: list[str], seeds: list[int], out: Path) -> None:
     """Train and score what is not recorded yet: stage 1, the reference models, each (arm, seed)."""
     assets.write_jsonl(task.train_rows, out / f"{task.name}-train.jsonl")
     assets.write_jsonl([row for rows in task.eval_sets.values() for row in rows], out / f"{task.name}-eval.jsonl")
-    adapter = stage1(task, out)
+    adapters = {
+        variant: stage1(task, out, variant)
+        for variant in {"tuned"} | {ARMS[arm].teacher for arm in arms}
+        if variant in ("tuned", "light")
+    }
     evaluate(task, f"{task.name}-student", task.student, None, out)
     evaluate(task, f"{task.name}-teacher", task.teacher, None, out)
-    evaluate(task, f"{task.name}-teacher-stage1", task.teacher, adapter, out)
+    for variant, adapter in adapters.items():
+        suffix = "" if variant == "tuned" else f"-{variant}"
+        evaluate(task, f"{task.name}-teacher-stage1{suffix}", task.teacher, adapter, out)
     for seed in seeds:
         for arm_name in arms:
             print(f"quality: {task.name} {arm_name} seed {seed}: {task.steps} steps", flush=True)
-            trained = train_arm(task, arm_name, seed, adapter, out)
+            trained = train_arm(task, arm_name, seed, adapters, out)
             scores = evaluate(task, f"{task.name}-{arm_name}-s{seed}", task.student, Path(trained["adapter"]), out)
             print(f"quality: {task.name} {arm_name} seed {seed}: {json.dumps(scores)}", flush=True)
 
@@ -312,6 +332,8 @@ def collect(task: Task, out: Path) -> dict[str, Any]:
         },
         "arms": {},
     }
+    if (out / f"{task.name}-teacher-stage1-light-scores.json").exists():
+        report["reference"]["teacher_stage1_light"] = scores(f"{task.name}-teacher-stage1-light")
     for arm_name in ARMS:
         for record in sorted(out.glob(f"{task.name}-{arm_name}-s*.json")):
             label = record.stem
