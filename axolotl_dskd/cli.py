@@ -175,8 +175,9 @@ def teacher_fit(args: argparse.Namespace) -> int:
     trainer, *_ = setup_model_and_trainer(cfg, load_datasets(cfg=cfg, cli_args=TrainerCliArgs()))
     fit = trainer.measure_teacher_fit(trainer.model, rows)
     print(fit.table())
-    if fit.warning():
-        print(fit.warning())
+    for line in (fit.warning(), fit.note()):
+        if line:
+            print(line)
     print(fit.to_json())
     return 0
 

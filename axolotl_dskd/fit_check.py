@@ -16,6 +16,10 @@ from dataclasses import asdict, dataclass
 # Below this share of gold next tokens predicted by the teacher, its KD targets contradict
 # the data too often: between the untuned (about 0.5) and the fine-tuned (0.84) teacher above.
 MIN_TEACHER_ACC = 0.6
+# Below this teacher CE (nats per gold token) the teacher's distribution is nearly one-hot
+# on the gold token: its targets repeat the gold answers (measured: teacher_ce 0.003 after a
+# stage 1 on the training rows, and DSKD = SFT; docs/results.md).
+ONE_HOT_TEACHER_CE = 0.05
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,17 @@ class TeacherFit:
             "than plain SFT. Fine-tune the teacher on this dataset first (stage 1, see "
             "example_yamls/two-stage-1-teacher-lora.yml) and point dskd_teacher_adapter at its output_dir; "
             "or let the teacher score the student's own samples (dskd_on_policy_ratio); or lower dskd_kd_ratio."
+        )
+
+    def note(self) -> str | None:
+        """One informational line when the teacher fits so well that KD adds little."""
+        if self.problems() or self.teacher_ce >= ONE_HOT_TEACHER_CE:
+            return None
+        return (
+            f"dskd: the teacher reproduces the gold tokens almost exactly (teacher_ce {self.teacher_ce:.3f} < "
+            f"{ONE_HOT_TEACHER_CE}): its KD targets carry little beyond the gold answers, so expect a student "
+            "close to plain SFT's; a teacher that fits the task without memorising these rows (a stage 1 on "
+            "other rows, fewer steps) keeps softer targets."
         )
 
     def table(self) -> str:

@@ -85,6 +85,8 @@ class TeacherFitCheck(TrainerCallback):
             LOG.info("dskd: teacher fit before training:\n%s", fit.table())
             if fit.warning():
                 LOG.warning(fit.warning())
+            elif fit.note():
+                LOG.info(fit.note())
 
 
 class DSKDTrainer(AxolotlTrainer):
