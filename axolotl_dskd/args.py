@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, model_validator
 
+from axolotl_dskd.compat import FSDP_VERSION_WHEN_UNSET
 from axolotl_dskd.divergences import DIVERGENCES
 from axolotl_dskd.loss import NORMALIZATIONS, LossConfig
 
@@ -179,11 +180,11 @@ def check_deepspeed(cfg: Any) -> None:
 def check_fsdp(cfg: Any) -> None:
     """FSDP2 shards the projector with the student (it joins the student's root module) and
     lets the loss gather the head between forward and backward; FSDP1 flattens parameters
-    into buffers the loss cannot read."""
+    into buffers the loss cannot read. (Axolotl 0.20+ has no FSDP1 and rejects it itself.)"""
     if not (getattr(cfg, "fsdp", None) or getattr(cfg, "fsdp_config", None)):
         return
-    version = getattr(cfg, "fsdp_version", None)
-    if version is None or int(version) != 2:
+    version = getattr(cfg, "fsdp_version", None) or FSDP_VERSION_WHEN_UNSET
+    if int(version) != 2:
         raise DSKDConfigError(
             f"fsdp_version: {version} is not supported with axolotl_dskd.DSKDPlugin, because FSDP1 flattens the "
             "student's parameters, so the loss cannot read its output head; set fsdp_version: 2"

@@ -35,6 +35,15 @@ def cache_dir() -> Path:
     return path
 
 
+def converted_dir(kind: str) -> Path:
+    """Where GGUF conversions of `kind` ("models", "tokenizers") live: one folder per
+    transformers version, since versions convert the same GGUF differently (5.20 drops
+    the SentencePiece dummy prefix that 5.16 adds)."""
+    import transformers
+
+    return cache_dir() / f"transformers-{transformers.__version__}" / kind
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -80,7 +89,7 @@ def _gguf_tokenizer(gguf: Path, eos_token: str):
 
 def smollm2_instruct() -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder (tokenizer included, EOS fixed)."""
-    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    out = converted_dir("models") / "smollm2-135m-instruct"
     if not (out / "model.safetensors").exists():
         _convert_gguf(_smollm2_gguf(), SMOLLM2_EOS, out)
     return out
@@ -116,7 +125,7 @@ def _qwen_coder_gguf() -> Path:
 def qwen_coder_instruct() -> Path:
     """Qwen2.5-Coder-0.5B-Instruct as a safetensors folder (EOS set to <|im_end|>): the
     cross-tokenizer teacher of the quality benchmark (151,936-token Qwen2 BPE)."""
-    out = cache_dir() / "models" / "qwen2.5-coder-0.5b-instruct"
+    out = converted_dir("models") / "qwen2.5-coder-0.5b-instruct"
     if not (out / "model.safetensors").exists():
         _convert_gguf(_qwen_coder_gguf(), QWEN_EOS, out)
     return out
@@ -149,7 +158,7 @@ def reference_tokenizer(name: str):
     """GPT-2, Llama (SentencePiece) or Qwen2 tokenizer, converted once to a tokenizer folder."""
     from transformers import AutoTokenizer
 
-    out = cache_dir() / "tokenizers" / name
+    out = converted_dir("tokenizers") / name
     if not (out / "tokenizer_config.json").exists():
         if name not in REFERENCE_VOCABS:
             raise ValueError(f"unknown reference tokenizer {name!r}; use one of {REFERENCE_VOCABS}")
@@ -168,10 +177,10 @@ def smollm2_tokenizer():
     """SmolLM2's byte-level BPE (49,152 tokens), without converting the model if not needed."""
     from transformers import AutoTokenizer
 
-    model_dir = cache_dir() / "models" / "smollm2-135m-instruct"
+    model_dir = converted_dir("models") / "smollm2-135m-instruct"
     if (model_dir / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(model_dir)
-    out = cache_dir() / "tokenizers" / "smollm2"
+    out = converted_dir("tokenizers") / "smollm2"
     if not (out / "tokenizer_config.json").exists():
         gguf = _smollm2_gguf()
         _gguf_tokenizer(gguf, SMOLLM2_EOS).save_pretrained(out)

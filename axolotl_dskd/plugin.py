@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
@@ -72,6 +74,16 @@ class DSKDPlugin(BasePlugin):
         if self._trainer is not None and self._trainer.args.should_save:
             self._trainer.save_projector(cfg.output_dir)
             LOG.info("dskd: wrote the t2s projector to %s", cfg.output_dir)
+
+    def post_lora_merge(self, cfg: Any, adapter_path: str, output_path: str) -> None:
+        """`axolotl merge-lora` (0.21+): the merged folder keeps every artifact of the run,
+        the t2s projector included, as the adapter folder did."""
+        from axolotl_dskd.trainer import PROJECTOR_FILE
+
+        projector = Path(adapter_path) / PROJECTOR_FILE
+        if projector.exists():
+            shutil.copy2(projector, Path(output_path) / PROJECTOR_FILE)
+            LOG.info("dskd: copied the t2s projector to %s", output_path)
 
     def post_train_unload(self, cfg: Any) -> None:
         self._trainer = None

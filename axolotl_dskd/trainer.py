@@ -92,6 +92,10 @@ class TeacherFitCheck(TrainerCallback):
 class DSKDTrainer(AxolotlTrainer):
     """Replaces the student's loss with (1 - alpha) CE + alpha DSKD."""
 
+    # exp(loss) is a perplexity only for a pure CE loss; Axolotl 0.21+ reads this flag
+    # (0.19 and 0.20 log `ppl` for every trainer)
+    reports_token_perplexity = False
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # compute_loss divides by the global response-token count itself

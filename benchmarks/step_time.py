@@ -53,7 +53,7 @@ def batch(tokenizer, size: int) -> dict[str, torch.Tensor]:
 
 def reference_tokenizer_dir(name: str):
     assets.reference_tokenizer(name)
-    return assets.cache_dir() / "tokenizers" / name
+    return assets.converted_dir("tokenizers") / name
 
 
 def timed(fn, repeats: int) -> float:

@@ -1,7 +1,10 @@
 """`torchrun --nproc_per_node 2 tests/cpu_engine_launch.py cfg.yml`: Axolotl training
-with DeepSpeed or FSDP2 on a CPU-only machine (gloo), for the tests. What stands in the
-way is worked around here, in the launcher only:
+with DDP, DeepSpeed or FSDP2 on a CPU-only machine (gloo), for the tests. What stands in
+the way is worked around here, in the launcher only:
 
+- Axolotl asks torch whether GPU 0 can reach GPU 1; a CUDA build of torch (the only one
+  on PyPI for Python 3.12) raises "no NVIDIA driver" there instead of the AssertionError
+  Axolotl catches from a CPU build;
 - accelerate counts DeepSpeed ranks only when a process-group backend is named, which
   HF never does for DeepSpeed: without a GPU every rank would think it is alone;
 - gloo's all_gather_into_tensor writes into views of a split output, which autograd
@@ -42,11 +45,17 @@ def _all_gather_without_grad(*args, **kwargs):
         return _all_gather_into_tensor(*args, **kwargs)
 
 
+def _no_peer_access(device: int, peer_device: int) -> bool:
+    return False
+
+
 def _cpu_device_mesh(self, device_type: str):
     return _build_device_mesh(self, "cpu")
 
 
 if __name__ == "__main__":  # not in the dataset workers that re-import this file
+    if not torch.cuda.is_available():
+        torch.cuda.can_device_access_peer = _no_peer_access
     state.PartialState.__init__ = _init_with_gloo
     state.AcceleratorState.__init__ = _init_keeping_fsdp
     dist.all_gather_into_tensor = _all_gather_without_grad

@@ -12,6 +12,7 @@ import yaml
 from axolotl.utils.schemas.config import AxolotlInputConfig
 from pydantic import ValidationError
 
+from axolotl_dskd import compat
 from axolotl_dskd.args import DSKD_KEYS, DSKDArgs, DSKDTrainingArgsMixin
 from tests.tiny import base_config, build_tokenizer
 
@@ -88,15 +89,6 @@ BAD_SETTINGS = [
         "all-reduces only the student's own gradients, not the t2s projector's; use zero_optimization.stage 1, 2 "
         "or 3, or plain DDP",
     ),
-    (
-        {"fsdp_version": 1, "fsdp_config": {"reshard_after_forward": True}},
-        "fsdp_version: 1 is not supported with axolotl_dskd.DSKDPlugin, because FSDP1 flattens the student's "
-        "parameters, so the loss cannot read its output head; set fsdp_version: 2",
-    ),
-    (  # Axolotl reads an fsdp_config without fsdp_version as FSDP1
-        {"fsdp_config": {"reshard_after_forward": True}},
-        "fsdp_version: 1 is not supported with axolotl_dskd.DSKDPlugin, because FSDP1 flattens",
-    ),
 ]
 
 
@@ -110,6 +102,26 @@ def test_deepspeed_zero_stages_are_accepted(tiny, tmp_path, stage: int) -> None:
     ds_config = tmp_path / "ds.json"
     ds_config.write_text(json.dumps({"zero_optimization": {"stage": stage}, "train_batch_size": "auto"}))
     assert _validate(tiny, tmp_path, deepspeed=str(ds_config)).dskd_method == "dskd"
+
+
+OUR_FSDP1_MESSAGE = (
+    "fsdp_version: 1 is not supported with axolotl_dskd.DSKDPlugin, because FSDP1 flattens the student's "
+    "parameters, so the loss cannot read its output head; set fsdp_version: 2"
+)
+
+
+def test_fsdp1_is_rejected_with_a_clear_message(tiny, tmp_path) -> None:
+    """Axolotl 0.20+ rejects FSDP1 itself, before our validator; 0.19 leaves it to us."""
+    message = "fsdp_version: 1 is no longer supported" if compat.FSDP1_REMOVED else OUR_FSDP1_MESSAGE
+    assert message in _error(tiny, tmp_path, fsdp_version=1, fsdp_config={"reshard_after_forward": True})
+
+
+def test_fsdp_config_without_a_version_is_fsdp1_before_axolotl_0_20_and_fsdp2_after(tiny, tmp_path) -> None:
+    unversioned = {"fsdp_config": {"reshard_after_forward": True, "state_dict_type": "SHARDED_STATE_DICT"}}
+    if compat.FSDP1_REMOVED:
+        assert _validate(tiny, tmp_path, **unversioned).dskd_method == "dskd"
+    else:
+        assert OUR_FSDP1_MESSAGE in _error(tiny, tmp_path, **unversioned)
 
 
 def test_fsdp2_is_accepted(tiny, tmp_path) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from axolotl.core.trainers.base import AxolotlTrainer
+from axolotl.integrations.base import BasePlugin
 from safetensors.torch import load_file
 
 from tests.tiny import base_config, lora, run_cli
@@ -67,6 +69,23 @@ def test_lora_run_learns_and_checkpoints_the_projector(lora_run) -> None:
     logged = json.loads((run_dir / "checkpoint-12" / "trainer_state.json").read_text())["log_history"][0]
     for metric in ("ce_loss", "kd_loss", "t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss", "t2s_agreement", "t2s_acc"):
         assert metric in logged
+    # exp(mixed loss) is no perplexity: gone where Axolotl lets a trainer say so (0.21+)
+    assert ("ppl" in logged) == (not hasattr(AxolotlTrainer, "reports_token_perplexity"))
+
+
+def test_merge_lora_keeps_the_projector_where_axolotl_has_the_hook(lora_run, tmp_path) -> None:
+    """`axolotl merge-lora` on a DSKD run works; from 0.21 (`post_lora_merge`) the merged
+    folder also gets the projector."""
+    cfg, run_dir = lora_run
+    merge_cfg = cfg | {"lora_model_dir": str(run_dir), "output_dir": str(tmp_path)}
+    result = run_cli(["axolotl", "merge-lora"], merge_cfg, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = tmp_path / "merged"
+    assert (merged / "model.safetensors").is_file()
+    if hasattr(BasePlugin, "post_lora_merge"):
+        assert torch.equal(load_file(merged / PROJECTOR)["weight"], load_file(run_dir / PROJECTOR)["weight"])
+    else:
+        assert not (merged / PROJECTOR).exists()
 
 
 def test_resume_from_middle_checkpoint_reproduces_the_projector(lora_run, tmp_path) -> None:
@@ -201,8 +220,8 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
 
 # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher);
 # torchrun starts two, and ACCELERATE_USE_CPU makes accelerate join them with gloo.
-DDP = ["env", "ACCELERATE_USE_CPU=1", "torchrun", "--nproc_per_node", "2", "-m", "axolotl.cli.train"]
 ENGINE_ON_CPU = ["torchrun", "--nproc_per_node", "2", str(Path(__file__).with_name("cpu_engine_launch.py"))]
+DDP = ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]
 DEEPSPEED_AUTO = {
     "gradient_accumulation_steps": "auto",
     "gradient_clipping": "auto",
