@@ -18,6 +18,7 @@ from axolotl_dskd import zero3
 from axolotl_dskd.loss import Heads, LossConfig, chunked_loss, pair_counts
 from axolotl_dskd.projectors import S2TMap, T2SProjector
 from axolotl_dskd.teacher import output_head
+from axolotl_dskd.terms import Counts, LossTerms
 
 
 class HeadLoss(nn.Module):
@@ -65,8 +66,8 @@ class HeadLoss(nn.Module):
         student_rows: torch.Tensor,
         teacher_rows: torch.Tensor,
         labels: torch.Tensor,
-        weigh: Callable[[tuple[int, int] | None], torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weigh: Callable[[tuple[int, int] | None], LossTerms[float]],
+    ) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
         """(weighted loss sum, term sums, counts): the first len(teacher_rows) student rows
         pair with the teacher rows; the rest only enter the gold CE. `weigh` gives the term
         weights from the pair counts (valid, agreeing) when the `paper` normalisation needs

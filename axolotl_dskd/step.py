@@ -18,9 +18,10 @@ from transformers import PreTrainedModel
 from axolotl_dskd import zero3
 from axolotl_dskd.collator import TEACHER_FIELDS
 from axolotl_dskd.head_loss import HeadLoss
-from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, divided_weights, kd_sum, term_weights
+from axolotl_dskd.loss import Heads, LossConfig, divided_weights, term_weights
 from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.teacher import last_hidden_state, output_head
+from axolotl_dskd.terms import Counts, LossTerms
 from axolotl_dskd.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
@@ -131,9 +132,9 @@ class DistillationStep(nn.Module):
         self,
         model: nn.Module,
         inputs: dict[str, torch.Tensor],
-        weigh: Callable[[int, tuple[int, int] | None], torch.Tensor],
+        weigh: Callable[[int, tuple[int, int] | None], LossTerms[float]],
         with_teacher: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
         """(loss + zero anchor, term sums, counts) of one batch; `weigh(response rows, pair
         counts)` gives the divided term weights. Without the teacher every response row only
         enters the gold CE."""
@@ -192,41 +193,40 @@ class DistillationStep(nn.Module):
         def gold_divisor(n_rows: int) -> float:
             return max(n_rows, 1) if num_items_in_batch is None else float(num_items_in_batch)
 
-        def off_policy(n_rows: int, pairs: tuple[int, int] | None) -> torch.Tensor:
+        def off_policy(n_rows: int, pairs: tuple[int, int] | None) -> LossTerms[float]:
             divisor = gold_divisor(n_rows)
             return divided_weights(cfg, weights, divisor, divisor, kd_divisor, pairs, cross)
 
         if kd_inputs is None:
             loss, sums, counts = self._score(model, inputs, off_policy, with_teacher=True)
             return loss, self.metrics(sums, counts)
-        gold_only = torch.zeros_like(weights)
-        gold_only[0] = weights[0]
 
-        def gold_weights(n_rows: int, _pairs: tuple[int, int] | None) -> torch.Tensor:
-            return gold_only / gold_divisor(n_rows)
+        def gold_weights(n_rows: int, _pairs: tuple[int, int] | None) -> LossTerms[float]:
+            return weights.gold_only().scaled(1.0 / gold_divisor(n_rows))
 
-        def on_policy(n_rows: int, pairs: tuple[int, int] | None) -> torch.Tensor:
+        def on_policy(n_rows: int, pairs: tuple[int, int] | None) -> LossTerms[float]:
             kd_rows = max(n_rows, 1) * kd_divisor
-            return divided_weights(cfg, weights - gold_only, 1.0, kd_rows, kd_divisor, pairs, cross)
+            return divided_weights(cfg, weights.kd_only(), 1.0, kd_rows, kd_divisor, pairs, cross)
 
         gold, gold_sums, gold_counts = self._score(model, inputs, gold_weights, with_teacher=False)
         kd, kd_sums, kd_counts = self._score(model, kd_inputs, on_policy, with_teacher=True)
-        metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_sums[0].item() / max(gold_counts[0].item(), 1)}
+        gold_ce = gold_sums.ce_loss.item() / max(gold_counts.n_tokens.item(), 1)
+        metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_ce}
         return gold + kd, metrics
 
     @torch.no_grad()
-    def score(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[LossTerms[torch.Tensor], Counts]:
         """(term sums, counts) of one batch without gradients: for measuring, not training."""
         weights = term_weights(self.loss_cfg)
         _, sums, counts = self._score(model, inputs, lambda _rows, _pairs: weights, with_teacher=True)
         return sums, counts
 
-    def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
+    def metrics(self, sums: LossTerms[torch.Tensor], counts: Counts) -> dict[str, float]:
         """Per-token means over this micro-batch, for logging."""
-        count = dict(zip(COUNTS, counts.tolist(), strict=True))
+        count = counts.as_dict()
         n_tokens, n_pairs = max(count["n_tokens"], 1.0), max(count["n_pairs"], 1.0)
-        terms = {name: value / n_tokens for name, value in zip(LOSS_TERMS, sums.tolist(), strict=True)}
-        metrics = {"ce_loss": terms["ce_loss"], "kd_loss": kd_sum(sums).item() / n_tokens}
+        terms = {name: value / n_tokens for name, value in sums.as_dict().items()}
+        metrics = {"ce_loss": terms["ce_loss"], "kd_loss": float(sums.kd_total()) / n_tokens}
         if self.loss_cfg.method == "dskd":
             metrics |= {name: terms[name] for name in ("t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss")}
             metrics["t2s_agreement"] = count["n_agree"] / n_pairs

@@ -20,7 +20,7 @@ from axolotl_dskd.collator import TEACHER_COLUMNS
 from axolotl_dskd.divergences import DivergenceConfig
 from axolotl_dskd.eval_mode import eval_mode_keeping_4bit
 from axolotl_dskd.fit_check import TeacherFit
-from axolotl_dskd.loss import COUNTS, LossConfig
+from axolotl_dskd.loss import LossConfig
 from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch
 from axolotl_dskd.step import DistillationStep
 from axolotl_dskd.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
@@ -181,7 +181,7 @@ class DSKDTrainer(AxolotlTrainer):
         metrics = self.distill.metrics(sums, counts)
         return TeacherFit(
             rows=len(dataset),
-            response_tokens=int(counts[COUNTS.index("n_tokens")].item()),
+            response_tokens=int(counts.n_tokens.item()),
             teacher_acc=metrics["teacher_acc"],
             teacher_ce=metrics["teacher_ce"],
             student_ce=metrics["ce_loss"],
