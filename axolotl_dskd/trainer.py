@@ -13,16 +13,17 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from axolotl_dskd import engine as engines
+from axolotl_dskd import engines
 from axolotl_dskd.collator import TEACHER_COLUMNS
-from axolotl_dskd.divergences import DivergenceConfig
-from axolotl_dskd.eval_mode import eval_mode_keeping_4bit
-from axolotl_dskd.fit_check import TeacherFit
-from axolotl_dskd.loss import LossConfig
-from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch
-from axolotl_dskd.step import DistillationStep
-from axolotl_dskd.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
-from axolotl_dskd.vocab import VocabBridge, same_vocabulary, teacher_tokenizer
+from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
+from axolotl_dskd.distill.fit_check import TeacherFit
+from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch
+from axolotl_dskd.distill.step import DistillationStep
+from axolotl_dskd.distill.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import DivergenceConfig
+from axolotl_dskd.tokens.vocab import VocabBridge
+from axolotl_dskd.vocabularies import teacher_tokenizer
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
@@ -103,7 +104,7 @@ class DSKDTrainer(AxolotlTrainer):
         teacher = load_teacher(spec, student_head.device, placed_on_load=self.engine.places_models_on_load)
         self.engine.prepare_teacher(teacher)
         teacher_vocab = teacher_tokenizer(self.args)
-        cross = not same_vocabulary(self.processing_class, teacher_vocab)
+        cross = self.args.dskd_cross_tokenizer
         if cross:
             LOG.info(
                 "dskd: teacher and student tokenizers differ: cross-tokenizer DSKD, %s alignment",

@@ -22,9 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from axolotl_dskd import assets
-from axolotl_dskd.alignment import FlatSequences, align_flat
-from axolotl_dskd.coverage import Aligner, load_named_tokenizer
+from axolotl_dskd.commands import assets
+from axolotl_dskd.commands.coverage import Aligner, load_named_tokenizer
+from axolotl_dskd.tokens.alignment import FlatSequences, align_flat
 from tests.pairs import exact_pairs_batch
 from tests.reference_eta import paper_eta
 

@@ -31,8 +31,10 @@ def _status_kib(field: str) -> int:
 def worker(variant: str, rows: int, chunk_size: int) -> None:
     import torch
 
-    from axolotl_dskd.loss import Heads, LossConfig, chunked_loss
-    from axolotl_dskd.projectors import T2SProjector
+    from axolotl_dskd.loss.chunked import chunked_loss
+    from axolotl_dskd.loss.config import LossConfig
+    from axolotl_dskd.loss.heads import Heads
+    from axolotl_dskd.loss.projectors import T2SProjector
     from tests.reference_loss import reference_dskd
 
     torch.manual_seed(0)

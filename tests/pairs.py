@@ -1,5 +1,5 @@
 """Alignment of single sequences and plain lists of them: the kernel in
-axolotl_dskd.alignment as the tests and benchmarks call it (training aligns flattened
+axolotl_dskd.tokens.alignment as the tests and benchmarks call it (training aligns flattened
 batches in the collator)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from axolotl_dskd.alignment import ByteVocab, FlatSequences, align_flat, marker_free, per_sample
+from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat, marker_free, per_sample
 
 
 def exact_pairs_batch(

@@ -5,10 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from axolotl_dskd import closed_form
-from axolotl_dskd.divergences import DivergenceConfig
-from axolotl_dskd.loss import Heads, LossConfig, _pair_terms, chunked_loss
-from axolotl_dskd.terms import LossTerms
+from axolotl_dskd.loss.chunked import _pair_terms, chunked_loss, closed_form
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import DivergenceConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.terms import LossTerms
 from tests.reference_loss import reference_dskd
 
 ROWS, HIDDEN, V_S, V_T, REAL_VOCAB = 11, 8, 30, 34, 29

@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.divergences import DIVERGENCES, DivergenceConfig, divergence
-from axolotl_dskd.loss import Heads, LossConfig, chunked_loss, divided_weights, pair_counts, term_weights
-from axolotl_dskd.projectors import T2SProjector
+from axolotl_dskd.loss.chunked import chunked_loss, divided_weights, pair_counts, term_weights
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig, divergence
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.projectors import T2SProjector
 from tests.reference_loss import reference_dskd, reference_paper
 
 ROWS, D_S, D_T, V_S, V_T, REAL_VOCAB = 13, 6, 10, 30, 34, 30

@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.loss import LossConfig, chunked_loss
-from axolotl_dskd.step import DistillationStep, Rows
-from axolotl_dskd.teacher import last_hidden_state, output_head
-from axolotl_dskd.terms import LossTerms
+from axolotl_dskd.distill.step import DistillationStep, Rows
+from axolotl_dskd.distill.teacher import last_hidden_state, output_head
+from axolotl_dskd.loss.chunked import chunked_loss
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.terms import LossTerms
 
 
 def _batch(tokenizer, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:

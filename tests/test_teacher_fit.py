@@ -4,8 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.loss import Heads, LossConfig, chunked_loss
-from axolotl_dskd.projectors import T2SProjector
+from axolotl_dskd.loss.chunked import chunked_loss
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.projectors import T2SProjector
 
 ROWS, D_S, D_T, V_S, V_T, REAL_VOCAB = 17, 6, 10, 30, 34, 30
 

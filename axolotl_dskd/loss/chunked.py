@@ -15,59 +15,17 @@ parallelism exact.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd import closed_form
-from axolotl_dskd.divergences import DivergenceConfig, divergence
-from axolotl_dskd.teacher_fit import gold_teacher_ids, teacher_fit_counts
-from axolotl_dskd.terms import Counts, LossTerms
-
-# What the KD sums are divided by: `global` = response tokens of the global batch (exact
-# under gradient accumulation); `paper` = DSKDv2's per-micro-batch pair counts.
-NORMALIZATIONS = ("global", "paper")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss knobs from the YAML (dskd_method, dskd_kd_ratio, dskd_agreement_mask, ...)."""
-
-    method: str = "dskd"
-    kd_ratio: float = 0.5
-    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
-    agreement_mask: bool = True
-    chunk_size: int = 512  # rows per chunk; the YAML default of dskd_loss_chunk_size
-    normalization: str = "global"
-
-
-@dataclass
-class Heads:
-    """Everything that maps hidden states to logits, plus the projectors.
-
-    `student_vocab` / `teacher_vocab` bound the ids that are real tokens (padded head rows
-    beyond a tokenizer are never a prediction). `teacher_to_student` maps a teacher id to
-    the student id of the same text (-1: none), `student_to_teacher` the reverse; None
-    means both share one vocabulary.
-    """
-
-    student_head: torch.Tensor  # [V_s, d], trainable or frozen
-    teacher_head: torch.Tensor  # [V_t, D], frozen
-    student_vocab: int
-    teacher_vocab: int
-    t2s_weight: torch.Tensor | None = None  # [d, D] trainable teacher -> student projector
-    s2t_weight: torch.Tensor | None = None  # [D, d], built from the detached student head
-    teacher_to_student: torch.Tensor | None = None
-    student_to_teacher: torch.Tensor | None = None
-
-    def t2s_label(self, teacher_pred: torch.Tensor) -> torch.Tensor:
-        """The teacher's prediction as a student id (-1: no student token has its bytes)."""
-        return teacher_pred if self.teacher_to_student is None else self.teacher_to_student[teacher_pred]
-
-    def gold_in_teacher(self, labels: torch.Tensor) -> torch.Tensor:
-        """The gold student tokens as teacher ids (-1: the teacher has no such token)."""
-        return gold_teacher_ids(labels, self.teacher_vocab, self.student_to_teacher)
+from axolotl_dskd.loss import closed_form
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import divergence
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.teacher_fit import teacher_fit_counts
+from axolotl_dskd.loss.terms import Counts, LossTerms
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:

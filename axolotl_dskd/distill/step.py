@@ -14,17 +14,20 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from axolotl_dskd.collator import TEACHER_FIELDS
-from axolotl_dskd.engine import Engine
-from axolotl_dskd.head_loss import HeadLoss
-from axolotl_dskd.loss import Heads, LossConfig, divided_weights, term_weights
-from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
-from axolotl_dskd.teacher import last_hidden_state, output_head
-from axolotl_dskd.terms import Counts, LossTerms
-from axolotl_dskd.vocab import VocabBridge
+from axolotl_dskd.distill.head_loss import HeadLoss
+from axolotl_dskd.distill.teacher import last_hidden_state, output_head
+from axolotl_dskd.engines import Engine
+from axolotl_dskd.loss.chunked import divided_weights, term_weights
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector
+from axolotl_dskd.loss.terms import Counts, LossTerms
+from axolotl_dskd.tokens.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+# what a cross-tokenizer batch carries beside the student's fields (the collator fills them)
+TEACHER_FIELDS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "dskd_pairs")
 
 
 @dataclass(frozen=True)

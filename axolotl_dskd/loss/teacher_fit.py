@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from axolotl_dskd.terms import TeacherFitCounts
+from axolotl_dskd.loss.terms import TeacherFitCounts
 
 
 def gold_teacher_ids(labels: torch.Tensor, teacher_vocab: int, student_to_teacher: torch.Tensor | None) -> torch.Tensor:

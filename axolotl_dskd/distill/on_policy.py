@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from axolotl_dskd.eval_mode import eval_mode_keeping_4bit
+from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
 
 IGNORE_INDEX = -100
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")

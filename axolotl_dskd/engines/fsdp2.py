@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from axolotl_dskd.engine.owned_loss import OwnedLoss
+from axolotl_dskd.engines.owned_loss import OwnedLoss
 
 
 class FSDP2(OwnedLoss):

@@ -6,11 +6,11 @@ from __future__ import annotations
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
-from axolotl_dskd.engine.base import LOSS_MODULE, Engine
-from axolotl_dskd.engine.ddp import DDP
-from axolotl_dskd.engine.fsdp2 import FSDP2
-from axolotl_dskd.engine.owned_loss import ZeRO
-from axolotl_dskd.engine.zero3 import ZeRO3
+from axolotl_dskd.engines.base import LOSS_MODULE, Engine
+from axolotl_dskd.engines.ddp import DDP
+from axolotl_dskd.engines.fsdp2 import FSDP2
+from axolotl_dskd.engines.owned_loss import ZeRO
+from axolotl_dskd.engines.zero3 import ZeRO3
 
 __all__ = ["LOSS_MODULE", "Engine", "select"]
 

@@ -14,11 +14,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from axolotl_dskd.engine import Engine
-from axolotl_dskd.loss import Heads, LossConfig, chunked_loss, pair_counts
-from axolotl_dskd.projectors import S2TMap, T2SProjector
-from axolotl_dskd.teacher import output_head
-from axolotl_dskd.terms import Counts, LossTerms
+from axolotl_dskd.distill.teacher import output_head
+from axolotl_dskd.engines import Engine
+from axolotl_dskd.loss.chunked import chunked_loss, pair_counts
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.projectors import S2TMap, T2SProjector
+from axolotl_dskd.loss.terms import Counts, LossTerms
 
 
 class HeadLoss(nn.Module):

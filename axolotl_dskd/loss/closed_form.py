@@ -14,16 +14,13 @@ d KL(p || q) / d b = (q - p) / T, and d CE(z, y) / d z = softmax(z) - onehot(y).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.teacher_fit import teacher_fit_counts
-from axolotl_dskd.terms import Counts, LossTerms
-
-if TYPE_CHECKING:
-    from axolotl_dskd.loss import Heads, LossConfig
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.teacher_fit import teacher_fit_counts
+from axolotl_dskd.loss.terms import Counts, LossTerms
 
 
 def supports(cfg: LossConfig) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from axolotl_dskd.engine.base import LOSS_MODULE, Engine
+from axolotl_dskd.engines.base import LOSS_MODULE, Engine
 
 
 class OwnedLoss(Engine):

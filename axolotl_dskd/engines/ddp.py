@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from axolotl_dskd.engine.base import Engine
+from axolotl_dskd.engines.base import Engine
 
 
 class DDP(Engine):
