@@ -16,8 +16,9 @@ import torch
 from pydantic import BaseModel, model_validator
 
 from axolotl_dskd.compat import FSDP_VERSION_WHEN_UNSET
-from axolotl_dskd.divergences import DIVERGENCES
-from axolotl_dskd.loss import NORMALIZATIONS, LossConfig
+from axolotl_dskd.errors import DSKDConfigError
+from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
+from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
 
 METHODS = ("dskd", "vanilla_kd")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -31,10 +32,6 @@ INCOMPATIBLE_FLAGS = {
     "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "rl": "DSKD is a supervised fine-tuning loss; remove rl",
 }
-
-
-class DSKDConfigError(ValueError):
-    """A dskd_* setting that cannot be honoured; the message names the key and the fix."""
 
 
 class DSKDArgs(BaseModel):
@@ -52,17 +49,18 @@ class DSKDArgs(BaseModel):
     dskd_alignment: str = "exact"
     dskd_teacher_chat_template: bool = False
 
-    dskd_method: str = "dskd"
-    dskd_kd_ratio: float = 0.5
-    dskd_temperature: float = 2.0
-    dskd_divergence: str = "forward_kl"
-    dskd_skew_lambda: float = 0.1
-    dskd_adaptive_kl_alpha: float = 0.5
+    # the loss knobs' defaults have one home: the loss's own config classes
+    dskd_method: str = LossConfig.method
+    dskd_kd_ratio: float = LossConfig.kd_ratio
+    dskd_temperature: float = DivergenceConfig.temperature
+    dskd_divergence: str = DivergenceConfig.name
+    dskd_skew_lambda: float = DivergenceConfig.skew_lambda
+    dskd_adaptive_kl_alpha: float = DivergenceConfig.adaptive_kl_alpha
 
     dskd_projector_lr: float = 5e-4
     dskd_projector_init: str = "pinv"
     dskd_init_topk_vocab: int | None = None
-    dskd_agreement_mask: bool = True
+    dskd_agreement_mask: bool = LossConfig.agreement_mask
     dskd_loss_chunk_size: int = LossConfig.chunk_size
     dskd_normalization: str = LossConfig.normalization
     dskd_teacher_fit_rows: int = 64
@@ -74,12 +72,22 @@ class DSKDArgs(BaseModel):
     dskd_on_policy_top_p: float = 1.0
     dskd_on_policy_top_k: int = 0
 
+    # Decided by the validation below (whether the two tokenizers differ), then read by the
+    # collator choice and the trainer; not a setting.
+    dskd_cross_tokenizer: bool | None = None
+
     @model_validator(mode="after")
     def _check_dskd(self) -> DSKDArgs:
         check_settings(self)
-        check_vocabularies(self)
+        cross = check_vocabularies(self)
+        if "dskd_cross_tokenizer" in self.model_fields_set and self.dskd_cross_tokenizer != cross:
+            raise DSKDConfigError(
+                f"dskd_cross_tokenizer: the plugin finds it from the two tokenizers ({cross}), it is not a setting; "
+                "remove the key"
+            )
+        self.dskd_cross_tokenizer = cross
         if self.dskd_teacher_adapter:
-            from axolotl_dskd.teacher_adapter import check_teacher_adapter
+            from axolotl_dskd.distill.teacher_adapter import check_teacher_adapter
 
             check_teacher_adapter(self)
         return self
@@ -218,31 +226,24 @@ def check_on_policy(cfg: Any) -> None:
             raise DSKDConfigError(f"{key}: {getattr(cfg, key)} must be >= 0")
 
 
-def check_vocabularies(cfg: Any) -> None:
-    """Both tokenizers load; a vocabulary mismatch switches to cross-tokenizer DSKD, which
-    only the dual-space method can do."""
-    from axolotl_dskd.vocab import cross_tokenizer
+def check_vocabularies(cfg: Any) -> bool | None:
+    """Both tokenizers load; whether their vocabularies differ (None: the config names no
+    student). A mismatch switches to cross-tokenizer DSKD, which only the dual-space
+    method can do."""
+    from axolotl_dskd.vocabularies import teacher_tokenizer_path, vocabularies_differ
 
     if not (getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)):
-        return
-    if not cross_tokenizer(cfg):
+        return None
+    if not vocabularies_differ(cfg):
         if cfg.dskd_teacher_chat_template:
             raise DSKDConfigError(
                 "dskd_teacher_chat_template: the teacher shares the student's tokenizer and reads the student's "
                 "tokens as they are; remove the key (or set dskd_teacher_tokenizer to another tokenizer)"
             )
-        return
+        return False
     if cfg.dskd_method != "dskd":
         raise DSKDConfigError(
             f"dskd_method: {cfg.dskd_method!r} compares logits token by token and needs the teacher to share the "
             f"student's vocabulary, but {teacher_tokenizer_path(cfg)!r} has another one; use dskd_method: dskd"
         )
-
-
-def teacher_tokenizer_path(cfg: Any) -> str:
-    return cfg.dskd_teacher_tokenizer or cfg.dskd_teacher_model
-
-
-def teacher_tokenizer_revision(cfg: Any) -> str | None:
-    """dskd_teacher_revision applies to the teacher model's own tokenizer only."""
-    return None if cfg.dskd_teacher_tokenizer else cfg.dskd_teacher_revision
+    return True

@@ -13,7 +13,7 @@ from typing import Any
 from axolotl.prompt_strategies.chat_template import load as load_chat_template
 from pydantic import BaseModel
 
-from axolotl_dskd.vocab import teacher_tokenizer
+from axolotl_dskd.vocabularies import teacher_tokenizer, teacher_tokenizer_path
 
 
 class TwoTemplateStrategy:
@@ -33,8 +33,6 @@ class TwoTemplateStrategy:
 
 
 def load(tokenizer: Any, cfg: Any, ds_cfg: dict[str, Any] | None = None, processor: Any = None) -> TwoTemplateStrategy:
-    from axolotl_dskd.args import teacher_tokenizer_path
-
     teacher_vocab = teacher_tokenizer(cfg)
     if not teacher_vocab.chat_template:
         raise ValueError(

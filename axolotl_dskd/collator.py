@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from axolotl_dskd.alignment import ByteVocab, FlatSequences, align_flat
-from axolotl_dskd.vocab import load_tokenizer, marker_free_table, token_bytes_table
+from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat
+from axolotl_dskd.tokens.vocab import load_tokenizer, marker_free_table, token_bytes_table
 
 IGNORE_INDEX = -100
-TEACHER_FIELDS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "dskd_pairs")
 TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # rows of an axolotl_dskd.chat_template dataset
 
 

@@ -52,10 +52,9 @@ class DSKDPlugin(BasePlugin):
 
     def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict[str, Any]] | None:
         """Cross-tokenizer runs need the teacher's tokenization of each row; else keep Axolotl's."""
-        from axolotl_dskd.args import teacher_tokenizer_path, teacher_tokenizer_revision
-        from axolotl_dskd.vocab import cross_tokenizer
+        from axolotl_dskd.vocabularies import teacher_tokenizer_path, teacher_tokenizer_revision
 
-        if not cross_tokenizer(cfg):
+        if not cfg.dskd_cross_tokenizer:
             return None
         from axolotl_dskd.collator import DSKDCrossTokenizerCollator
 

@@ -3,7 +3,6 @@ group, and projector weights saved into (and restored from) every checkpoint."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -11,24 +10,23 @@ import time
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
 from safetensors.torch import load_file, save_file
-from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from axolotl_dskd import zero3
+from axolotl_dskd import engines
 from axolotl_dskd.collator import TEACHER_COLUMNS
-from axolotl_dskd.divergences import DivergenceConfig
-from axolotl_dskd.eval_mode import eval_mode_keeping_4bit
-from axolotl_dskd.fit_check import TeacherFit
-from axolotl_dskd.loss import COUNTS, LossConfig
-from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch
-from axolotl_dskd.step import DistillationStep
-from axolotl_dskd.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
-from axolotl_dskd.vocab import VocabBridge, same_vocabulary, teacher_tokenizer
+from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
+from axolotl_dskd.distill.fit_check import TeacherFit
+from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch
+from axolotl_dskd.distill.step import DistillationStep
+from axolotl_dskd.distill.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import DivergenceConfig
+from axolotl_dskd.tokens.vocab import VocabBridge
+from axolotl_dskd.vocabularies import teacher_tokenizer
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
-LOSS_MODULE = "dskd_head_loss"  # its name inside the student under DeepSpeed and FSDP
 
 
 def loss_config(args: object) -> LossConfig:
@@ -46,16 +44,6 @@ def loss_config(args: object) -> LossConfig:
         chunk_size=args.dskd_loss_chunk_size,
         normalization=args.dskd_normalization,
     )
-
-
-def _is_split(tensor: torch.Tensor) -> bool:
-    """Whether FSDP (DTensor) or ZeRO-3 holds this tensor in slices across ranks."""
-    return isinstance(tensor, DTensor) or zero3.is_partitioned(tensor)
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A detached full copy of a tensor that FSDP (DTensor) or ZeRO-3 may hold in slices."""
-    return tensor.full_tensor().detach() if isinstance(tensor, DTensor) else zero3.whole(tensor)
 
 
 class ProjectorGradReset(TrainerCallback):
@@ -112,11 +100,11 @@ class DSKDTrainer(AxolotlTrainer):
             trust_remote_code=self.args.dskd_teacher_trust_remote_code,
             attn_implementation=self.model.config._attn_implementation,
         )
-        teacher = load_teacher(spec, student_head.device)
-        # keeps ZeRO-3's teacher engine (and the hooks that gather its layers) alive
-        self._teacher_engine = zero3.partition_teacher(teacher, self._deepspeed_config()) if zero3.enabled() else None
+        self.engine = engines.select(self.accelerator)
+        teacher = load_teacher(spec, student_head.device, placed_on_load=self.engine.places_models_on_load)
+        self.engine.prepare_teacher(teacher)
         teacher_vocab = teacher_tokenizer(self.args)
-        cross = not same_vocabulary(self.processing_class, teacher_vocab)
+        cross = self.args.dskd_cross_tokenizer
         if cross:
             LOG.info(
                 "dskd: teacher and student tokenizers differ: cross-tokenizer DSKD, %s alignment",
@@ -131,34 +119,19 @@ class DSKDTrainer(AxolotlTrainer):
             bridge=VocabBridge.build(self.processing_class, teacher_vocab) if cross else None,
             projector_init=self.args.dskd_projector_init,
             init_topk_vocab=self.args.dskd_init_topk_vocab,
+            engine=self.engine,
         )
         if self.distill.t2s_projector is not None:
             self.add_callback(ProjectorGradReset(self.distill.t2s_projector))
-        if self._loss_in_student:
-            # ZeRO and FSDP reduce, clip, shard and step only parameters of the module they
-            # wrap, and ZeRO-3 gathers parameters only for the forward of a module it wraps
-            head_loss = self.distill.head_loss
-            self.model.add_module(LOSS_MODULE, head_loss)
-            if zero3.enabled():
-                zero3.read_in_forward(head_loss, [student_head, *head_loss.parameters()])
+        self.engine.attach_loss(self.model, self.distill.head_loss, student_head)
         if self.args.dskd_teacher_fit_rows > 0:
             self.add_callback(TeacherFitCheck(self))
         self.on_policy = OnPolicyConfig.from_settings(self.args, seed=self.args.seed)
         self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
         self._projector_synced_at = -1
-        if self.distill.t2s_projector is not None and self.accelerator.num_processes > 1:
-            # every rank starts from rank 0's projector (a random init would differ per rank)
-            torch.distributed.broadcast(self.distill.t2s_projector.weight.data, src=0)
-
-    @property
-    def _loss_in_student(self) -> bool:
-        """Whether the engine must own the loss module (and the projector in it) as part of
-        the student (else the plugin averages the projector's gradients over ranks itself,
-        as under DDP)."""
-        return self.is_deepspeed_enabled or self.is_fsdp_enabled
-
-    def _deepspeed_config(self) -> dict:
-        return self.accelerator.state.deepspeed_plugin.deepspeed_config
+        if self.distill.t2s_projector is not None:
+            self.engine.start_in_sync(self.distill.t2s_projector)
+        LOG.info("dskd: engine %s", self.engine.name)
 
     def _set_signature_columns_if_needed(self):
         """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""
@@ -181,7 +154,7 @@ class DSKDTrainer(AxolotlTrainer):
         metrics = self.distill.metrics(sums, counts)
         return TeacherFit(
             rows=len(dataset),
-            response_tokens=int(counts[COUNTS.index("n_tokens")].item()),
+            response_tokens=int(counts.n_tokens.item()),
             teacher_acc=metrics["teacher_acc"],
             teacher_ce=metrics["teacher_ce"],
             student_ce=metrics["ce_loss"],
@@ -207,6 +180,7 @@ class DSKDTrainer(AxolotlTrainer):
             eos_id=tokenizer.eos_token_id,
             max_length=self.args.dskd_sequence_len or tokenizer.model_max_length,
             seed=self.on_policy.seed * 1_000_003 + self.state.global_step * 1009 + seen,
+            synced=self.engine.synced_generation,
         )
         return self._prepare_inputs(sampled), {"on_policy": 1.0, "on_policy_gen_seconds": time.perf_counter() - start}
 
@@ -215,7 +189,7 @@ class DSKDTrainer(AxolotlTrainer):
         if model.training and self.on_policy.ratio > 0:
             kd_inputs, on_policy_metrics = self._on_policy_inputs(model, inputs)
         micro_batches = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
-        ranks = self.accelerator.num_processes
+        ranks = self.engine.world_size
         if ranks > 1 and num_items_in_batch is not None:
             # every rank divides by the response tokens of all ranks (Axolotl turns HF's
             # average_tokens_across_devices off); DDP then averages the gradients, so the
@@ -260,28 +234,19 @@ class DSKDTrainer(AxolotlTrainer):
         return optimizer
 
     def _sync_projector_grads(self) -> None:
-        """Average the projector's gradients over ranks, once per optimizer step, as DDP
-        does for the student's: the projector lives outside the DDP-wrapped model. (ZeRO
-        and FSDP reduce them already: there the projector is part of the student.)"""
+        """Once per optimizer step, let the engine average the projector's gradients over
+        ranks where it does not own the projector (DDP)."""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1 or self._loss_in_student:
-            return
-        if self._projector_synced_at == self.state.global_step:
+        if projector is None or self._projector_synced_at == self.state.global_step:
             return
         self._projector_synced_at = self.state.global_step
-        grad = projector.weight.grad
-        if grad is None:
-            grad = projector.weight.grad = torch.zeros_like(projector.weight)
-        torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
-        grad.div_(self.accelerator.num_processes)
+        self.engine.sync_projector_grads(projector)
 
     def _clip_grad_norm(self, model):
         """Clip the student and the projector together, like one global norm in DSKD
         (DeepSpeed clips its whole optimizer, projector included, and reports the norm)."""
         self._sync_projector_grads()
-        params = model.parameters()
-        if not self._loss_in_student:
-            params = itertools.chain(params, self.distill.parameters())
+        params = self.engine.clipped_parameters(model, self.distill)
         return self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
 
     def _get_grad_norm(self, model, grad_norm=None):
@@ -292,17 +257,12 @@ class DSKDTrainer(AxolotlTrainer):
         """Fail loudly if ranks ever hold different projectors (a checkpoint would keep
         only rank 0's). FSDP and ZeRO-3 hold one split copy: nothing to compare."""
         projector = self.distill.t2s_projector
-        if projector is None or self.accelerator.num_processes == 1 or _is_split(projector.weight):
+        difference = None if projector is None else self.engine.check_in_sync(projector)
+        if difference is None:
             return
-        weight = projector.weight.detach()
-        spread = weight.clone()
-        torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
-        lowest = weight.clone()
-        torch.distributed.all_reduce(lowest, op=torch.distributed.ReduceOp.MIN)
-        difference = (spread - lowest).abs().max().item()
         if difference > 0:
             raise RuntimeError(f"dskd: the t2s projector differs across ranks by up to {difference:.3e}")
-        LOG.info("dskd: t2s projector identical on %d ranks", self.accelerator.num_processes)
+        LOG.info("dskd: t2s projector identical on %d ranks", self.engine.world_size)
 
     def train(self, *args, **kwargs):
         """After training the projector leaves the student again, so the final save of the
@@ -310,24 +270,20 @@ class DSKDTrainer(AxolotlTrainer):
         try:
             return super().train(*args, **kwargs)
         finally:
-            self.model._modules.pop(LOSS_MODULE, None)
-            projector = self.distill.t2s_projector
-            if projector is not None and _is_split(projector.weight):
-                # FSDP or ZeRO-3 left a slice of the projector: every rank takes the whole of it back
-                projector.weight = torch.nn.Parameter(_whole(projector.weight))
+            self.engine.detach_loss(self.model, self.distill.t2s_projector)
 
     def _save(self, output_dir=None, state_dict=None):
         """The saved model never carries the projector (it has its own file)."""
-        if hasattr(self.model, LOSS_MODULE):
+        if hasattr(self.model, engines.LOSS_MODULE):
             state_dict = self.model.state_dict() if state_dict is None else state_dict
-            state_dict = {k: v for k, v in state_dict.items() if f"{LOSS_MODULE}." not in k}
+            state_dict = self.engine.model_state(state_dict)
         return super()._save(output_dir, state_dict=state_dict)
 
     def _projector_state(self) -> dict[str, torch.Tensor]:
         """The projector's tensors, whole, on the CPU. Under FSDP and ZeRO-3 this gathers
         the slices: every rank must call it."""
         parameters = self.distill.t2s_projector.named_parameters()
-        return {name: _whole(tensor).cpu().contiguous() for name, tensor in parameters}
+        return {name: self.engine.whole(tensor).cpu().contiguous() for name, tensor in parameters}
 
     def save_projector(self, output_dir: str, state: dict[str, torch.Tensor] | None = None) -> None:
         """Write the t2s projector next to the model or adapter in `output_dir`."""
@@ -358,9 +314,6 @@ class DSKDTrainer(AxolotlTrainer):
                 f"resume_from_checkpoint: {resume_from_checkpoint} has no {PROJECTOR_FILE}; "
                 "it was not written by a DSKD run, so the projector cannot be restored"
             )
-        device, weight = projector.weight.device, projector.weight
-        state = {k: v.to(device) for k, v in load_file(path).items()}
-        if isinstance(weight, DTensor):  # FSDP: each rank keeps its shard of the saved tensor
-            state = {k: distribute_tensor(v, weight.device_mesh, weight.placements) for k, v in state.items()}
-        projector.load_state_dict(state)
+        device = projector.weight.device
+        self.engine.restore_projector(projector, {k: v.to(device) for k, v in load_file(path).items()})
         LOG.info("dskd: restored the t2s projector from %s", path)

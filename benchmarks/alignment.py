@@ -9,7 +9,7 @@ straightforward per-sample Python implementation of the paper's greedy ETA (stri
 histories), same pre-tokenized input; best of 3 runs each. The kernels read flat id arrays
 (as a dataset column stores them); the time to first flatten Python lists is shown apart.
 
-    python benchmarks/alignment.py [--million 1.0]
+    python -m benchmarks.alignment [--million 1.0]   # from the repository root (imports tests/)
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.reference_eta
 
-from axolotl_dskd import assets  # noqa: E402
-from axolotl_dskd.alignment import FlatSequences, align_flat, exact_pairs_batch  # noqa: E402
-from axolotl_dskd.coverage import Aligner, load_named_tokenizer  # noqa: E402
-from tests.reference_eta import paper_eta  # noqa: E402
+from axolotl_dskd.commands import assets
+from axolotl_dskd.commands.coverage import Aligner, load_named_tokenizer
+from axolotl_dskd.tokens.alignment import FlatSequences, align_flat
+from tests.pairs import exact_pairs_batch
+from tests.reference_eta import paper_eta
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 

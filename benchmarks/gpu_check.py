@@ -28,8 +28,8 @@ from typing import Any
 
 import yaml
 
-from axolotl_dskd import assets
-from axolotl_dskd.cli import LORA_SETTINGS, demo_config, offline_env
+from axolotl_dskd.commands import assets
+from axolotl_dskd.commands.cli import LORA_SETTINGS, demo_config, offline_env
 
 BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_yamls"

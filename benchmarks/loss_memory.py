@@ -6,7 +6,7 @@ Shapes (issue 4): student d=576, V_s=49152 (SmolLM2); teacher D=896, V_t=151936 
 "Added" memory = peak RSS during forward+backward minus the RSS once hidden states,
 heads and projector weights are resident (the kernel's peak-RSS counter is reset there).
 
-    python benchmarks/loss_memory.py [--rows 2048] [--chunk-sizes 256 512 1024]
+    python -m benchmarks.loss_memory [--rows 2048] [--chunk-sizes 256 512 1024]   # from the repository root
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ def _status_kib(field: str) -> int:
 def worker(variant: str, rows: int, chunk_size: int) -> None:
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.reference_loss
-    from axolotl_dskd.loss import Heads, LossConfig, chunked_loss
-    from axolotl_dskd.projectors import T2SProjector
+    from axolotl_dskd.loss.chunked import chunked_loss
+    from axolotl_dskd.loss.config import LossConfig
+    from axolotl_dskd.loss.heads import Heads
+    from axolotl_dskd.loss.projectors import T2SProjector
     from tests.reference_loss import reference_dskd
 
     torch.manual_seed(0)
@@ -59,7 +60,17 @@ def worker(variant: str, rows: int, chunk_size: int) -> None:
 
 
 def run(variant: str, rows: int, chunk_size: int) -> dict[str, float]:
-    command = [sys.executable, __file__, "--worker", variant, "--rows", str(rows), "--chunk-sizes", str(chunk_size)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.loss_memory",
+        "--worker",
+        variant,
+        "--rows",
+        str(rows),
+        "--chunk-sizes",
+        str(chunk_size),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -22,14 +22,14 @@ from axolotl.utils.collators.batching import DataCollatorForSeq2Seq  # noqa: E40
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from axolotl_dskd import assets  # noqa: E402
 from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
-from axolotl_dskd.cli import DEMO_STUDENT_LAYERS  # noqa: E402
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
-from axolotl_dskd.loss import chunked_loss  # noqa: E402
-from axolotl_dskd.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
-from axolotl_dskd.step import DistillationStep  # noqa: E402
-from axolotl_dskd.teacher import last_hidden_state, output_head  # noqa: E402
+from axolotl_dskd.commands import assets  # noqa: E402
+from axolotl_dskd.commands.cli import DEMO_STUDENT_LAYERS  # noqa: E402
+from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
+from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
+from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
+from axolotl_dskd.loss.chunked import chunked_loss  # noqa: E402
 from axolotl_dskd.trainer import loss_config  # noqa: E402
 
 ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{}\n\n### Response:\n"  # noqa: E501

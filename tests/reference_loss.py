@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.divergences import divergence
-from axolotl_dskd.loss import Heads, LossConfig
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import divergence
+from axolotl_dskd.loss.heads import Heads
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from axolotl_dskd.alignment import byte_spans, eta_strict_pairs, exact_pairs
-from axolotl_dskd.vocab import token_bytes_table
+from axolotl_dskd.tokens.alignment import byte_spans
+from axolotl_dskd.tokens.vocab import token_bytes_table
+from tests.pairs import eta_strict_pairs, exact_pairs
 from tests.reference_eta import paper_eta
 from tests.tiny import build_tokenizer
 
@@ -49,7 +50,7 @@ def test_token_bytes_table_round_trips_the_text(pair) -> None:
 
 
 def test_sentencepiece_style_pieces_map_to_bytes() -> None:
-    from axolotl_dskd.vocab import _token_bytes
+    from axolotl_dskd.tokens.vocab import _token_bytes
 
     assert _token_bytes("▁Hello", byte_level=False) == b" Hello"
     assert _token_bytes("<0x0A>", byte_level=False) == b"\n"
@@ -101,7 +102,7 @@ def test_exact_keeps_aligning_after_a_newline_where_eta_strict_stops() -> None:
     student_tokens = ["Hi", "Ċ", "there", "Ġfriend", "</s>"]
     teacher_tokens = ["▁Hi", "<0x0A>", "there", "▁friend", "<eos>"]
     assert eta_strict_pairs(student_tokens, teacher_tokens, "</s>", "<eos>").tolist() == [[0, 0]]
-    from axolotl_dskd.vocab import _token_bytes
+    from axolotl_dskd.tokens.vocab import _token_bytes
 
     student_table = [_token_bytes(t, byte_level=True) for t in student_tokens[:-1]] + [None]
     teacher_table = [_token_bytes(t, byte_level=False) for t in teacher_tokens[:-1]] + [None]
@@ -112,7 +113,8 @@ def test_exact_keeps_aligning_after_a_newline_where_eta_strict_stops() -> None:
 @settings(max_examples=25, deadline=None)
 @given(texts=st.lists(TEXT, min_size=1, max_size=6))
 def test_batch_exact_equals_one_by_one(pair, texts: list[str]) -> None:
-    from axolotl_dskd.alignment import ByteVocab, exact_pairs_batch
+    from axolotl_dskd.tokens.alignment import ByteVocab
+    from tests.pairs import exact_pairs_batch
 
     big, small, big_table, small_table = pair
     student = [big(text, add_special_tokens=False)["input_ids"] + [big.eos_token_id] for text in texts]
@@ -133,7 +135,8 @@ def test_batch_exact_equals_one_by_one(pair, texts: list[str]) -> None:
 
 
 def test_nothing_pairs_past_the_byte_where_a_stream_stops_spelling_the_text() -> None:
-    from axolotl_dskd.alignment import ByteVocab, exact_pairs_batch
+    from axolotl_dskd.tokens.alignment import ByteVocab
+    from tests.pairs import exact_pairs_batch
 
     student_table = [b"ab", b"c", b"d", None]
     teacher_table = [b"a", b"b", b"cX", b"d", None]  # 'cX': a normalizer rewrote the text

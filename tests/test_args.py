@@ -144,8 +144,19 @@ def test_teacher_with_another_vocabulary_switches_to_cross_tokenizer_dskd(tiny, 
     assert len(other) != len(tiny.tokenizer)
 
 
+def test_validation_decides_once_whether_the_tokenizers_differ(tiny, tmp_path) -> None:
+    build_tokenizer(["completely different text " * 40], tmp_path / "other", vocab_size=300)
+    assert _validate(tiny, tmp_path).dskd_cross_tokenizer is False
+    assert _validate(tiny, tmp_path, dskd_teacher_tokenizer=str(tmp_path / "other")).dskd_cross_tokenizer is True
+    assert _validate(tiny, tmp_path, dskd_cross_tokenizer=False).dskd_cross_tokenizer is False  # a re-read config
+    assert (
+        "dskd_cross_tokenizer: the plugin finds it from the two tokenizers (False), it is not a setting; remove the key"
+        in _error(tiny, tmp_path, dskd_cross_tokenizer=True)
+    )
+
+
 def test_added_pad_token_is_not_a_vocabulary_mismatch(tiny) -> None:
-    from axolotl_dskd.vocab import same_vocabulary
+    from axolotl_dskd.tokens.vocab import same_vocabulary
 
     student = copy.deepcopy(tiny.tokenizer)
     student.add_special_tokens({"pad_token": "<pad>"})

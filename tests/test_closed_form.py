@@ -5,9 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from axolotl_dskd import closed_form
-from axolotl_dskd.divergences import DivergenceConfig
-from axolotl_dskd.loss import Heads, LossConfig, _pair_terms, chunked_loss
+from axolotl_dskd.loss.chunked import _pair_terms, chunked_loss, closed_form
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import DivergenceConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.terms import LossTerms
 from tests.reference_loss import reference_dskd
 
 ROWS, HIDDEN, V_S, V_T, REAL_VOCAB = 11, 8, 30, 34, 29
@@ -45,14 +47,14 @@ def _block(heads: Heads) -> torch.Tensor:
     return closed_form.workspace(ROWS, heads, torch.device("cpu")).fill_(torch.nan)
 
 
-def _by_autograd(student_hidden, teacher_hidden, labels, heads: Heads, cfg: LossConfig, weights: torch.Tensor):
+def _by_autograd(student_hidden, teacher_hidden, labels, heads: Heads, cfg: LossConfig, weights: LossTerms):
     hidden = student_hidden.detach().requires_grad_(True)
     head = heads.student_head.detach().requires_grad_(True)
     projector = heads.t2s_weight.detach().requires_grad_(True)
     trained_heads = replace(heads, student_head=head, t2s_weight=projector)
     sums, counts = _pair_terms(hidden, teacher_hidden, labels, trained_heads, cfg)
-    grads = torch.autograd.grad((sums * weights).sum(), [hidden, head, projector])
-    return sums.detach(), counts, grads
+    grads = torch.autograd.grad((sums.stack() * weights.stack()).sum(), [hidden, head, projector])
+    return sums.stack().detach(), counts.stack(), grads
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -62,28 +64,35 @@ def _by_autograd(student_hidden, teacher_hidden, labels, heads: Heads, cfg: Loss
 def test_closed_form_equals_autograd(cross: bool, agreement_mask: bool, temperature: float, weights: list) -> None:
     student_hidden, teacher_hidden, labels, heads = _inputs(seed=0, cross=cross)
     cfg = LossConfig(agreement_mask=agreement_mask, divergence=DivergenceConfig(temperature=temperature))
-    weight_tensor = torch.tensor(weights)
+    term_weights = LossTerms(*weights)
     expected_sums, expected_counts, expected_grads = _by_autograd(
-        student_hidden, teacher_hidden, labels, heads, cfg, weight_tensor
+        student_hidden, teacher_hidden, labels, heads, cfg, term_weights
     )
     result = closed_form.pair_chunk(
-        student_hidden, teacher_hidden, labels, heads, cfg, weight_tensor, (True, True, True), _block(heads)
+        student_hidden, teacher_hidden, labels, heads, cfg, term_weights, (True, True, True), _block(heads)
     )
     assert result is not None
     sums, counts, grads = result
-    assert torch.allclose(sums, expected_sums, rtol=1e-5, atol=1e-5)
-    assert counts[:-1].tolist() == expected_counts[:-1].tolist()  # the last is the teacher's NLL sum
-    assert counts[-1].item() == pytest.approx(expected_counts[-1].item(), rel=1e-5)
+    assert torch.allclose(sums.stack(), expected_sums, rtol=1e-5, atol=1e-5)
+    assert counts.stack()[:-1].tolist() == expected_counts[:-1].tolist()  # the last is the teacher's NLL sum
+    assert counts.teacher_gold_nll.item() == pytest.approx(expected_counts[-1].item(), rel=1e-5)
     for got, expected in zip(grads, expected_grads, strict=True):
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
-    n_valid, n_agree = counts[2].item(), counts[3].item()
-    assert 0 < n_agree < n_valid and sums[2] > 0  # the agreement mask keeps some pairs, drops others
+    n_valid, n_agree = counts.n_valid.item(), counts.n_agree.item()
+    assert 0 < n_agree < n_valid and sums.t2s_kd_loss > 0  # the agreement mask keeps some pairs, drops others
 
 
 def test_only_the_needed_gradients_are_built() -> None:
     student_hidden, teacher_hidden, labels, heads = _inputs(seed=1, cross=False)
     result = closed_form.pair_chunk(
-        student_hidden, teacher_hidden, labels, heads, LossConfig(), torch.ones(5), (True, False, True), _block(heads)
+        student_hidden,
+        teacher_hidden,
+        labels,
+        heads,
+        LossConfig(),
+        LossTerms.of(1.0, 1.0),
+        (True, False, True),
+        _block(heads),
     )
     assert result is not None
     hidden_grad, head_grad, projector_grad = result[2]
@@ -104,7 +113,7 @@ def test_a_non_finite_logit_falls_back_to_autograd_with_the_same_loss() -> None:
     heads.teacher_head[-1] = torch.inf
     cfg = LossConfig(chunk_size=4)
     declined = closed_form.pair_chunk(
-        student_hidden, teacher_hidden, labels, heads, cfg, torch.ones(5), (True,) * 3, _block(heads)
+        student_hidden, teacher_hidden, labels, heads, cfg, LossTerms.of(1.0, 1.0), (True,) * 3, _block(heads)
     )
     assert declined is None
     heads.t2s_weight.requires_grad_(True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from axolotl_dskd.divergences import DIVERGENCES, DivergenceConfig, divergence
+from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig, divergence
 
 TEMPERATURE = 2.0
 LAMBDA = 0.1

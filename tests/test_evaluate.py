@@ -8,8 +8,8 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.cli import main
-from axolotl_dskd.evaluate import final_answer, score
+from axolotl_dskd.commands.cli import main
+from axolotl_dskd.commands.evaluate import final_answer, score
 
 
 def _lcs(a: list[str], b: list[str]) -> int:

@@ -2,7 +2,7 @@
 
 import torch
 
-from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector, pinv_t2s_weight
+from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector, pinv_t2s_weight
 
 D_STUDENT, D_TEACHER, VOCAB = 8, 12, 40
 

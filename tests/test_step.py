@@ -9,9 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.loss import LOSS_TERMS, LossConfig, chunked_loss
-from axolotl_dskd.step import DistillationStep, Rows
-from axolotl_dskd.teacher import last_hidden_state, output_head
+from axolotl_dskd.distill.step import DistillationStep, Rows
+from axolotl_dskd.distill.teacher import last_hidden_state, output_head
+from axolotl_dskd.loss.chunked import chunked_loss
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.terms import LossTerms
 
 
 def _batch(tokenizer, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
@@ -44,7 +46,7 @@ def _term_loss(step: DistillationStep, student, batch, term: str) -> torch.Tenso
     rows = Rows.build(batch["labels"])
     hidden = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     teacher_hidden = last_hidden_state(step.teacher, batch["input_ids"], batch["attention_mask"])
-    only_term = torch.tensor([float(name == term) for name in LOSS_TERMS])
+    only_term = LossTerms(*(float(name == term) for name in LossTerms.names()))
     loss, _, _ = chunked_loss(
         rows.student_rows(hidden.hidden_states[-1]),
         rows.teacher_rows(teacher_hidden),

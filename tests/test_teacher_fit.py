@@ -4,8 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.loss import COUNTS, Heads, LossConfig, chunked_loss
-from axolotl_dskd.projectors import T2SProjector
+from axolotl_dskd.loss.chunked import chunked_loss
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.projectors import T2SProjector
 
 ROWS, D_S, D_T, V_S, V_T, REAL_VOCAB = 17, 6, 10, 30, 34, 30
 
@@ -43,7 +45,7 @@ def test_teacher_fit_counts_match_full_logits(cross: bool, method: str, chunk_si
         labels[:6] = torch.tensor([inverse.get(int(t), 0) for t in z_t[:6, :REAL_VOCAB].argmax(-1)])
 
     *_, counts = chunked_loss(student_hidden, teacher_hidden, labels, heads, LossConfig(method, chunk_size=chunk_size))
-    count = dict(zip(COUNTS, counts.tolist(), strict=True))
+    count = counts.as_dict()
 
     gold = labels if not cross else heads.student_to_teacher[labels]
     has_gold = gold >= 0

@@ -7,93 +7,35 @@ work): only the small gradients for the hidden rows, the student head and the pr
 are kept, and backward just scales them. No [rows x vocab] tensor exists for the whole
 batch, and no chunk is computed twice.
 
-All terms are *sums* over rows; the caller divides by the number of response tokens in
-the global batch, which keeps gradient accumulation and data parallelism exact.
+All terms are *sums* over rows (named in terms.py); the caller divides by the number of
+response tokens in the global batch, which keeps gradient accumulation and data
+parallelism exact.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import dataclasses
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd import closed_form
-from axolotl_dskd.divergences import DivergenceConfig, divergence
-from axolotl_dskd.teacher_fit import gold_teacher_ids, teacher_fit_counts
-
-# Order of the differentiable sums and of the (non-differentiable) counts a chunk returns.
-LOSS_TERMS = ("ce_loss", "t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss", "vanilla_kd_loss")
-# The last three measure the teacher against the gold tokens (teacher_fit.py).
-COUNTS = (
-    "n_tokens",
-    "n_pairs",
-    "n_valid",
-    "n_agree",
-    "n_t2s_correct",
-    "n_s2t_agree",
-    "n_teacher_gold",
-    "n_teacher_correct",
-    "teacher_gold_nll",
-)
-
-
-# What the KD sums are divided by: `global` = response tokens of the global batch (exact
-# under gradient accumulation); `paper` = DSKDv2's per-micro-batch pair counts.
-NORMALIZATIONS = ("global", "paper")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss knobs from the YAML (dskd_method, dskd_kd_ratio, dskd_agreement_mask, ...)."""
-
-    method: str = "dskd"
-    kd_ratio: float = 0.5
-    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
-    agreement_mask: bool = True
-    chunk_size: int = 512  # rows per chunk; the YAML default of dskd_loss_chunk_size
-    normalization: str = "global"
-
-
-@dataclass
-class Heads:
-    """Everything that maps hidden states to logits, plus the projectors.
-
-    `student_vocab` / `teacher_vocab` bound the ids that are real tokens (padded head rows
-    beyond a tokenizer are never a prediction). `teacher_to_student` maps a teacher id to
-    the student id of the same text (-1: none), `student_to_teacher` the reverse; None
-    means both share one vocabulary.
-    """
-
-    student_head: torch.Tensor  # [V_s, d], trainable or frozen
-    teacher_head: torch.Tensor  # [V_t, D], frozen
-    student_vocab: int
-    teacher_vocab: int
-    t2s_weight: torch.Tensor | None = None  # [d, D] trainable teacher -> student projector
-    s2t_weight: torch.Tensor | None = None  # [D, d], built from the detached student head
-    teacher_to_student: torch.Tensor | None = None
-    student_to_teacher: torch.Tensor | None = None
-
-    def t2s_label(self, teacher_pred: torch.Tensor) -> torch.Tensor:
-        """The teacher's prediction as a student id (-1: no student token has its bytes)."""
-        return teacher_pred if self.teacher_to_student is None else self.teacher_to_student[teacher_pred]
-
-    def gold_in_teacher(self, labels: torch.Tensor) -> torch.Tensor:
-        """The gold student tokens as teacher ids (-1: the teacher has no such token)."""
-        return gold_teacher_ids(labels, self.teacher_vocab, self.student_to_teacher)
+from axolotl_dskd.loss import closed_form
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.divergences import divergence
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.teacher_fit import teacher_fit_counts
+from axolotl_dskd.loss.terms import Counts, LossTerms
 
 
 def _logits(hidden: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
     return F.linear(hidden.to(head.dtype), head).float()
 
 
-def _ce_only(student_hidden: torch.Tensor, labels: torch.Tensor, heads: Heads) -> tuple[torch.Tensor, torch.Tensor]:
+def _ce_only(student_hidden: torch.Tensor, labels: torch.Tensor, heads: Heads) -> tuple[LossTerms, Counts]:
     """Rows without a teacher partner (cross-tokenizer): only the gold CE."""
     ce = F.cross_entropy(_logits(student_hidden, heads.student_head), labels, reduction="sum")
-    sums = torch.stack([ce, *ce.new_zeros(len(LOSS_TERMS) - 1)])
-    counts = ce.new_zeros(len(COUNTS)).detach()
-    counts[0] = labels.numel()
-    return sums, counts
+    return LossTerms.of(ce, ce.new_zeros(())), Counts.lone_rows(ce.new_tensor(float(labels.numel())).detach())
 
 
 def _pair_terms(
@@ -102,7 +44,7 @@ def _pair_terms(
     labels: torch.Tensor,
     heads: Heads,
     cfg: LossConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[LossTerms, Counts]:
     """Loss sums and counts for a chunk of aligned (student row, teacher row) pairs."""
     zero = student_hidden.new_zeros((), dtype=torch.float32)
     student_logits = _logits(student_hidden, heads.student_head)
@@ -111,13 +53,14 @@ def _pair_terms(
         teacher_logits = _logits(teacher_hidden, heads.teacher_head)
 
     teacher_pred = teacher_logits[:, : heads.teacher_vocab].argmax(-1)
-    fit = torch.stack(teacher_fit_counts(teacher_logits, teacher_pred, heads.gold_in_teacher(labels)))
+    fit = teacher_fit_counts(teacher_logits, teacher_pred, heads.gold_in_teacher(labels))
+    n_rows = zero.new_tensor(float(labels.numel()))
 
     if cfg.method == "vanilla_kd":
         vocab = min(heads.student_vocab, heads.teacher_vocab)
         kd = divergence(teacher_logits[:, :vocab], student_logits[:, :vocab], cfg.divergence).sum()
-        n_rows = labels.new_tensor([float(labels.numel())] * 3 + [0.0] * 3, dtype=torch.float)
-        return torch.stack([ce, zero, zero, zero, kd]), torch.cat([n_rows, fit])
+        sums = LossTerms(ce_loss=ce, t2s_ce_loss=zero, t2s_kd_loss=zero, s2t_kd_loss=zero, vanilla_kd_loss=kd)
+        return sums, Counts.of({"n_tokens": n_rows, "n_pairs": n_rows, "n_valid": n_rows}, fit)
 
     t2s_label = heads.t2s_label(teacher_pred)
     valid = t2s_label >= 0  # the teacher's prediction has a student token: otherwise skip the pair
@@ -136,15 +79,13 @@ def _pair_terms(
     s2t_kd = (divergence(teacher_logits, s2t_logits, cfg.divergence) * valid).sum()
     s2t_agree = s2t_logits[:, : heads.teacher_vocab].argmax(-1) == teacher_pred
 
-    sums = torch.stack([ce, t2s_ce, t2s_kd, s2t_kd, zero])
-    n = torch.tensor(labels.numel(), device=labels.device)
-    counts = torch.stack([n, n, valid.sum(), agree.sum(), (t2s_pred == labels).sum(), s2t_agree.sum()])
-    return sums, torch.cat([counts.float(), fit])
+    sums = LossTerms(ce_loss=ce, t2s_ce_loss=t2s_ce, t2s_kd_loss=t2s_kd, s2t_kd_loss=s2t_kd, vanilla_kd_loss=zero)
+    return sums, Counts.of_pairs(valid, agree, t2s_pred == labels, s2t_agree, fit)
 
 
-def term_weights(cfg: LossConfig) -> torch.Tensor:
-    """d loss / d sums for LOSS_TERMS: (1 - alpha) for the gold CE, alpha for each KD term."""
-    return torch.tensor([1.0 - cfg.kd_ratio] + [cfg.kd_ratio] * (len(LOSS_TERMS) - 1))
+def term_weights(cfg: LossConfig) -> LossTerms[float]:
+    """d loss / d sums: (1 - alpha) for the gold CE, alpha for each KD term."""
+    return LossTerms.of(1.0 - cfg.kd_ratio, cfg.kd_ratio)
 
 
 @torch.no_grad()
@@ -165,30 +106,34 @@ def pair_counts(teacher_hidden: torch.Tensor, heads: Heads, chunk_size: int) -> 
 
 def divided_weights(
     cfg: LossConfig,
-    weights: torch.Tensor,
+    weights: LossTerms[float],
     gold_divisor: float,
     kd_divisor: float,
     local_divisor: float,
     counts: tuple[int, int] | None,
     cross: bool,
-) -> torch.Tensor:
+) -> LossTerms[float]:
     """Each term's weight divided by what its sum is normalised by, so sum(weights * sums)
     is the loss. `global`: the gold CE by `gold_divisor`, every KD term by `kd_divisor`.
     `paper` (DSKDv2's criterion, `counts` from `pair_counts`): the student-space KD by the
     micro-batch's agreeing pairs and, with two tokenizers, the t2s CE and s2t KD by its
     valid pairs, each times `local_divisor` (micro-batches per step x processes), so a step
     averages its micro-batches' ratios."""
-    divisors = [float(gold_divisor)] + [float(kd_divisor)] * (len(LOSS_TERMS) - 1)
+    divisors = LossTerms.of(float(gold_divisor), float(kd_divisor))
     if cfg.normalization == "paper" and cfg.method == "dskd":
         n_valid, n_agree = counts
         by_pairs = ["t2s_ce_loss", "s2t_kd_loss"] if cross else []
+        by_agreement = []
         if cfg.agreement_mask:
-            divisors[LOSS_TERMS.index("t2s_kd_loss")] = max(n_agree, 1) * local_divisor
+            by_agreement.append("t2s_kd_loss")
         elif cross:
             by_pairs.append("t2s_kd_loss")
-        for term in by_pairs:
-            divisors[LOSS_TERMS.index(term)] = max(n_valid, 1) * local_divisor
-    return weights / torch.tensor(divisors)
+        divisors = dataclasses.replace(
+            divisors,
+            **{term: max(n_valid, 1) * local_divisor for term in by_pairs},
+            **{term: max(n_agree, 1) * local_divisor for term in by_agreement},
+        )
+    return LossTerms(*(weight / divisor for weight, divisor in zip(weights.values(), divisors.values(), strict=True)))
 
 
 def _chunks(n_rows: int, n_pairs: int, chunk_size: int):
@@ -206,23 +151,24 @@ def _leaf(tensor: torch.Tensor | None, needs_grad: bool) -> torch.Tensor | None:
 
 
 def _chunk_by_autograd(chunk_fn, rows, student_hidden, teacher_hidden, labels, heads, cfg, weights, needs):
-    """(sums, counts, gradients of the hidden rows, student head and projector, None where
-    not needed) of one chunk, differentiated by autograd."""
+    """(term sums, counts, gradients of the hidden rows, student head and projector, None
+    where not needed) of one chunk, differentiated by autograd."""
     with torch.enable_grad():
         hidden = _leaf(student_hidden[rows], needs[0])
         head, projector = _leaf(heads.student_head, needs[1]), _leaf(heads.t2s_weight, needs[2])
         chunk_heads = replace(heads, student_head=head, t2s_weight=projector)
         if chunk_fn is _pair_terms:
-            chunk_sums, chunk_counts = _pair_terms(hidden, teacher_hidden[rows], labels[rows], chunk_heads, cfg)
+            terms, counts = _pair_terms(hidden, teacher_hidden[rows], labels[rows], chunk_heads, cfg)
         else:
-            chunk_sums, chunk_counts = _ce_only(hidden, labels[rows], chunk_heads)
+            terms, counts = _ce_only(hidden, labels[rows], chunk_heads)
+        chunk_sums = terms.stack(hidden.device)
         leaves = [(k, t) for k, t in enumerate((hidden, head, projector)) if t is not None and t.requires_grad]
         grads: list[torch.Tensor | None] = [None, None, None]
         if leaves and chunk_sums.requires_grad:  # a chunk of lone rows never reaches the projector
             found = torch.autograd.grad((chunk_sums * weights).sum(), [t for _, t in leaves], allow_unused=True)
             for (k, _), grad in zip(leaves, found, strict=True):
                 grads[k] = grad
-    return chunk_sums.detach(), chunk_counts.detach(), tuple(grads)
+    return LossTerms.unstack(chunk_sums.detach()), counts, tuple(grads)
 
 
 class _ChunkedLoss(torch.autograd.Function):
@@ -230,13 +176,15 @@ class _ChunkedLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights, student_hidden, student_head, t2s_weight, teacher_hidden, labels, heads, cfg):
+        """`weights`: the stacked LossTerms weights (autograd passes tensors)."""
         needs = ctx.needs_input_grad[1:4]
+        term_weights_ = LossTerms(*weights.tolist())
         grads = [
             torch.zeros(t.shape, dtype=torch.float32, device=t.device) if t is not None and need else None
             for t, need in zip((student_hidden, student_head, t2s_weight), needs, strict=True)
         ]
-        sums = student_hidden.new_zeros(len(LOSS_TERMS), dtype=torch.float32)
-        counts = student_hidden.new_zeros(len(COUNTS), dtype=torch.float32)
+        sums = student_hidden.new_zeros(len(LossTerms.names()), dtype=torch.float32)
+        counts = student_hidden.new_zeros(len(Counts.names()), dtype=torch.float32)
         weights = weights.to(sums.device)
         n_pairs = teacher_hidden.shape[0]
         block = None
@@ -246,18 +194,18 @@ class _ChunkedLoss(torch.autograd.Function):
             done = None
             if chunk_fn is _pair_terms and block is not None:
                 done = closed_form.pair_chunk(
-                    student_hidden[rows], teacher_hidden[rows], labels[rows], heads, cfg, weights, needs, block
+                    student_hidden[rows], teacher_hidden[rows], labels[rows], heads, cfg, term_weights_, needs, block
                 )
             if done is None:
                 done = _chunk_by_autograd(
                     chunk_fn, rows, student_hidden, teacher_hidden, labels, heads, cfg, weights, needs
                 )
-            chunk_sums, chunk_counts, chunk_grads = done
+            chunk_terms, chunk_counts, chunk_grads = done
             for k, grad in enumerate(chunk_grads):
                 if grad is not None:
                     (grads[0][rows] if k == 0 else grads[k]).add_(grad.float())
-            sums += chunk_sums
-            counts += chunk_counts
+            sums += chunk_terms.stack(sums.device)
+            counts += chunk_counts.stack(counts.device)
         ctx.save_for_backward(
             *(
                 g if g is None else g.to(t.dtype)
@@ -279,20 +227,16 @@ def chunked_loss(
     labels: torch.Tensor,
     heads: Heads,
     cfg: LossConfig,
-    weights: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sum_k weights[k] * sums[k] (differentiable), sums of LOSS_TERMS, COUNTS) over all
-    rows, one chunk of rows at a time; weights default to `term_weights(cfg)`.
+    weights: LossTerms[float] | None = None,
+) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
+    """(sum of weight x sum over the terms (differentiable), the term sums, the counts)
+    over all rows, one chunk of rows at a time; weights default to `term_weights(cfg)`.
 
     The first len(teacher_hidden) student rows are paired with the teacher rows, in order;
     the remaining student rows (unaligned, cross-tokenizer) only enter the gold CE.
     """
     weights = term_weights(cfg) if weights is None else weights
-    return _ChunkedLoss.apply(
-        weights, student_hidden, heads.student_head, heads.t2s_weight, teacher_hidden, labels, heads, cfg
+    loss, sums, counts = _ChunkedLoss.apply(
+        weights.stack(), student_hidden, heads.student_head, heads.t2s_weight, teacher_hidden, labels, heads, cfg
     )
-
-
-def kd_sum(sums: torch.Tensor) -> torch.Tensor:
-    """All KD terms together: every entry of LOSS_TERMS after the gold CE."""
-    return sums[1:].sum()
+    return loss, LossTerms.unstack(sums), Counts.unstack(counts)

@@ -11,8 +11,7 @@ Alignments take the two *label* sequences of a response (token ids, EOS last) an
   the two string histories differ (e.g. 'Ċ' vs '<0x0A>').
 
 Both are compiled kernels that walk a whole flattened batch in one call (`align_flat`),
-linear in its bytes; `exact_pairs_batch`, `exact_pairs` and `eta_strict_pairs` wrap them
-for lists of sequences.
+linear in its bytes (tests/pairs.py wraps them for single sequences).
 """
 
 from __future__ import annotations
@@ -329,78 +328,6 @@ def per_sample(rows: np.ndarray, n_samples: int) -> list[np.ndarray]:
     return [pairs[:, 1:] for pairs in np.split(rows, cuts)]
 
 
-def exact_pairs_batch(
-    student_sequences: Sequence[Sequence[int]],
-    teacher_sequences: Sequence[Sequence[int]],
-    texts: Sequence[bytes],
-    student_vocab: ByteVocab,
-    teacher_vocab: ByteVocab,
-    student_eos: int,
-    teacher_eos: int,
-) -> list[np.ndarray]:
-    """Exact alignment of many samples, each against its own text.
-
-    A SentencePiece dummy-prefix space is absorbed into the first token, and tokens past
-    the first byte where a stream stops spelling the text (a normalizer rewrote it) are
-    never paired. EOS pairs with EOS.
-    """
-    rows = align_flat(
-        "exact",
-        FlatSequences.from_lists(student_sequences),
-        FlatSequences.from_lists(teacher_sequences),
-        FlatSequences.from_bytes(texts),
-        student_vocab,
-        teacher_vocab,
-        student_eos,
-        teacher_eos,
-    )
-    return per_sample(rows, len(texts))
-
-
-def exact_pairs(
-    student_ids: Sequence[int],
-    teacher_ids: Sequence[int],
-    student_table: Sequence[bytes | None],
-    teacher_table: Sequence[bytes | None],
-    student_eos: int,
-    teacher_eos: int,
-    text: bytes | None = None,
-) -> np.ndarray:
-    """Pairs of positions whose tokens cover identical, non-empty byte spans; EOS with EOS.
-
-    Spans are taken in `text` (the original text both tokenized); by default the text the
-    student's tokens spell, as when the teacher tokenized the student's recovered text.
-    """
-    student_vocab, teacher_vocab = ByteVocab.from_table(student_table), ByteVocab.from_table(teacher_table)
-    text = student_vocab.spell(list(student_ids)) if text is None else text
-    return exact_pairs_batch(
-        [list(student_ids)], [list(teacher_ids)], [text], student_vocab, teacher_vocab, student_eos, teacher_eos
-    )[0]
-
-
 def marker_free(token: str) -> bytes:
     """A vocabulary string as the paper's ETA compares it: '▁' and 'Ġ' removed."""
     return token.replace("▁", "").replace("Ġ", "").encode("utf-8")
-
-
-def eta_strict_pairs(
-    student_tokens: Sequence[str],
-    teacher_tokens: Sequence[str],
-    student_eos: str,
-    teacher_eos: str,
-) -> np.ndarray:
-    """The paper's greedy ETA on one pair of token-string sequences (tests, reports)."""
-    strings = sorted({*student_tokens, *teacher_tokens, student_eos, teacher_eos})
-    index = {token: n for n, token in enumerate(strings)}
-    vocab = ByteVocab.from_table([marker_free(token) for token in strings])
-    rows = align_flat(
-        "eta_strict",
-        FlatSequences.from_lists([[index[token] for token in student_tokens]]),
-        FlatSequences.from_lists([[index[token] for token in teacher_tokens]]),
-        None,
-        vocab,
-        vocab,
-        index[student_eos],
-        index[teacher_eos],
-    )
-    return rows[:, 1:]

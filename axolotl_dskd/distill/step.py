@@ -12,19 +12,22 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
-from axolotl_dskd import zero3
-from axolotl_dskd.collator import TEACHER_FIELDS
-from axolotl_dskd.head_loss import HeadLoss
-from axolotl_dskd.loss import COUNTS, LOSS_TERMS, Heads, LossConfig, divided_weights, kd_sum, term_weights
-from axolotl_dskd.projectors import S2TMap, SharedVocab, T2SProjector
-from axolotl_dskd.teacher import last_hidden_state, output_head
-from axolotl_dskd.vocab import VocabBridge
+from axolotl_dskd.distill.head_loss import HeadLoss
+from axolotl_dskd.distill.teacher import last_hidden_state, output_head
+from axolotl_dskd.engines import Engine
+from axolotl_dskd.loss.chunked import divided_weights, term_weights
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector
+from axolotl_dskd.loss.terms import Counts, LossTerms
+from axolotl_dskd.tokens.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+# what a cross-tokenizer batch carries beside the student's fields (the collator fills them)
+TEACHER_FIELDS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "dskd_pairs")
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,16 @@ class DistillationStep(nn.Module):
         bridge: VocabBridge | None = None,
         projector_init: str = "pinv",
         init_topk_vocab: int | None = None,
+        engine: Engine | None = None,
     ) -> None:
         super().__init__()
         self.loss_cfg = loss_cfg
         self.bridge = bridge
+        self.engine = engine or Engine()
         # the teacher is not a submodule: it must not reach the optimizer or the checkpoints
         self.__dict__["teacher"] = teacher
         student_head, teacher_head = output_head(student), output_head(teacher)
-        with zero3.gathered(student_head, teacher_head):  # whole on every rank for the init
+        with self.engine.gathered(student_head, teacher_head):  # whole on every rank for the init
             self.teacher_hidden_size = teacher_head.shape[1]
             student_vocab = min(vocab_size, student_head.shape[0])
             teacher_vocab = min(teacher_vocab_size or vocab_size, teacher_head.shape[0])
@@ -111,6 +116,7 @@ class DistillationStep(nn.Module):
             t2s_projector,
             s2t_map,
             None if bridge is None else (bridge.teacher_to_student, bridge.student_to_teacher),
+            self.engine,
         )
 
     @property
@@ -131,9 +137,9 @@ class DistillationStep(nn.Module):
         self,
         model: nn.Module,
         inputs: dict[str, torch.Tensor],
-        weigh: Callable[[int, tuple[int, int] | None], torch.Tensor],
+        weigh: Callable[[int, tuple[int, int] | None], LossTerms[float]],
         with_teacher: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
         """(loss + zero anchor, term sums, counts) of one batch; `weigh(response rows, pair
         counts)` gives the divided term weights. Without the teacher every response row only
         enters the gold CE."""
@@ -142,10 +148,7 @@ class DistillationStep(nn.Module):
         rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
         outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
         student_hidden = outputs.hidden_states[-1]
-        if isinstance(model, FSDPModule):
-            # the loss reads the head (and the projector FSDP shards with it) outside forward:
-            # gather them now; FSDP's backward reduces their gradients and reshards them
-            model.unshard()
+        self.engine.before_loss(model)  # the loss reads the head and the projector outside forward
         if with_teacher:
             with torch.no_grad():
                 teacher_device = output_head(self.teacher).device
@@ -192,41 +195,40 @@ class DistillationStep(nn.Module):
         def gold_divisor(n_rows: int) -> float:
             return max(n_rows, 1) if num_items_in_batch is None else float(num_items_in_batch)
 
-        def off_policy(n_rows: int, pairs: tuple[int, int] | None) -> torch.Tensor:
+        def off_policy(n_rows: int, pairs: tuple[int, int] | None) -> LossTerms[float]:
             divisor = gold_divisor(n_rows)
             return divided_weights(cfg, weights, divisor, divisor, kd_divisor, pairs, cross)
 
         if kd_inputs is None:
             loss, sums, counts = self._score(model, inputs, off_policy, with_teacher=True)
             return loss, self.metrics(sums, counts)
-        gold_only = torch.zeros_like(weights)
-        gold_only[0] = weights[0]
 
-        def gold_weights(n_rows: int, _pairs: tuple[int, int] | None) -> torch.Tensor:
-            return gold_only / gold_divisor(n_rows)
+        def gold_weights(n_rows: int, _pairs: tuple[int, int] | None) -> LossTerms[float]:
+            return weights.gold_only().scaled(1.0 / gold_divisor(n_rows))
 
-        def on_policy(n_rows: int, pairs: tuple[int, int] | None) -> torch.Tensor:
+        def on_policy(n_rows: int, pairs: tuple[int, int] | None) -> LossTerms[float]:
             kd_rows = max(n_rows, 1) * kd_divisor
-            return divided_weights(cfg, weights - gold_only, 1.0, kd_rows, kd_divisor, pairs, cross)
+            return divided_weights(cfg, weights.kd_only(), 1.0, kd_rows, kd_divisor, pairs, cross)
 
         gold, gold_sums, gold_counts = self._score(model, inputs, gold_weights, with_teacher=False)
         kd, kd_sums, kd_counts = self._score(model, kd_inputs, on_policy, with_teacher=True)
-        metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_sums[0].item() / max(gold_counts[0].item(), 1)}
+        gold_ce = gold_sums.ce_loss.item() / max(gold_counts.n_tokens.item(), 1)
+        metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_ce}
         return gold + kd, metrics
 
     @torch.no_grad()
-    def score(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[LossTerms[torch.Tensor], Counts]:
         """(term sums, counts) of one batch without gradients: for measuring, not training."""
         weights = term_weights(self.loss_cfg)
         _, sums, counts = self._score(model, inputs, lambda _rows, _pairs: weights, with_teacher=True)
         return sums, counts
 
-    def metrics(self, sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
+    def metrics(self, sums: LossTerms[torch.Tensor], counts: Counts) -> dict[str, float]:
         """Per-token means over this micro-batch, for logging."""
-        count = dict(zip(COUNTS, counts.tolist(), strict=True))
+        count = counts.as_dict()
         n_tokens, n_pairs = max(count["n_tokens"], 1.0), max(count["n_pairs"], 1.0)
-        terms = {name: value / n_tokens for name, value in zip(LOSS_TERMS, sums.tolist(), strict=True)}
-        metrics = {"ce_loss": terms["ce_loss"], "kd_loss": kd_sum(sums).item() / n_tokens}
+        terms = {name: value / n_tokens for name, value in sums.as_dict().items()}
+        metrics = {"ce_loss": terms["ce_loss"], "kd_loss": float(sums.kd_total()) / n_tokens}
         if self.loss_cfg.method == "dskd":
             metrics |= {name: terms[name] for name in ("t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss")}
             metrics["t2s_agreement"] = count["n_agree"] / n_pairs

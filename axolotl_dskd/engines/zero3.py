@@ -1,9 +1,8 @@
-"""DeepSpeed ZeRO-3 for the parts the plugin owns: the teacher and the heads it reads.
+"""DeepSpeed ZeRO-3: every parameter, the teacher's included, is split across ranks.
 
-Under ZeRO-3 every parameter is split across ranks and is whole only while DeepSpeed has
-gathered it: inside the forward (and backward) of a module that owns it or registered it
-as external, or inside `GatheredParameters`. Off ZeRO-3 every helper here is a no-op, so
-callers need no branches.
+A parameter is whole only while DeepSpeed has gathered it: inside the forward (and
+backward) of a module that owns it or registered it as external, or inside
+`GatheredParameters`. The teacher's body becomes a ZeRO-3 inference engine of its own.
 """
 
 from __future__ import annotations
@@ -14,8 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
-from transformers.integrations import is_deepspeed_zero3_enabled
+
+from axolotl_dskd.engines.owned_loss import ZeRO
 
 LOG = logging.getLogger(__name__)
 
@@ -96,6 +97,29 @@ def partition_teacher(teacher: PreTrainedModel, student_config: dict[str, Any]) 
     return engine
 
 
-def enabled() -> bool:
-    """Whether this run trains the student with DeepSpeed ZeRO-3."""
-    return bool(is_deepspeed_zero3_enabled())
+class ZeRO3(ZeRO):
+    name = "DeepSpeed ZeRO-3"
+    synced_generation = True
+    places_models_on_load = True  # HF loads each rank's slice under ZeRO-3
+
+    def __init__(self, world_size: int, deepspeed_config: dict[str, Any]) -> None:
+        super().__init__(world_size)
+        self.deepspeed_config = deepspeed_config
+        self._teacher_engine: object = None  # keeps the teacher's engine (and its gather hooks) alive
+
+    def is_split(self, tensor: torch.Tensor) -> bool:
+        return is_partitioned(tensor)
+
+    def whole(self, tensor: torch.Tensor) -> torch.Tensor:
+        return whole(tensor)
+
+    def gathered(self, *params: torch.Tensor):
+        return gathered(*params)
+
+    def prepare_teacher(self, teacher: nn.Module) -> None:
+        self._teacher_engine = partition_teacher(teacher, self.deepspeed_config)
+
+    def attach_loss(self, student: nn.Module, head_loss: nn.Module, student_head: torch.Tensor) -> None:
+        super().attach_loss(student, head_loss, student_head)
+        # ZeRO-3 gathers parameters only for the forward of a module it wraps
+        read_in_forward(head_loss, [student_head, *head_loss.parameters()])

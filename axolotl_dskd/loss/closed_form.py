@@ -14,15 +14,13 @@ d KL(p || q) / d b = (q - p) / T, and d CE(z, y) / d z = softmax(z) - onehot(y).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.teacher_fit import teacher_fit_counts
-
-if TYPE_CHECKING:
-    from axolotl_dskd.loss import Heads, LossConfig
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.teacher_fit import teacher_fit_counts
+from axolotl_dskd.loss.terms import Counts, LossTerms
 
 
 def supports(cfg: LossConfig) -> bool:
@@ -99,16 +97,16 @@ def pair_chunk(
     labels: torch.Tensor,
     heads: Heads,
     cfg: LossConfig,
-    weights: torch.Tensor,
+    weights: LossTerms[float],
     needs: tuple[bool, bool, bool],
     block: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]] | None:
-    """(sums of LOSS_TERMS, COUNTS, gradients of sum(weights * sums) for the hidden rows, the
-    student head and the projector, None where not needed) for a chunk of aligned
+) -> tuple[LossTerms[torch.Tensor], Counts, tuple[torch.Tensor | None, ...]] | None:
+    """(term sums, counts, gradients of the weighted sum of the terms for the hidden rows,
+    the student head and the projector, None where not needed) for a chunk of aligned
     pairs, or None when a logit is not finite (the caller then uses autograd). `block` is a
     `workspace` for at least this many rows; its contents are overwritten."""
     temperature = cfg.divergence.temperature
-    w_ce, w_t2s_ce, w_t2s_kd, w_s2t_kd = (float(w) for w in weights[:4])
+    w_ce, w_t2s_ce, w_t2s_kd, w_s2t_kd = weights.ce_loss, weights.t2s_ce_loss, weights.t2s_kd_loss, weights.s2t_kd_loss
     rows = labels.numel()
     hidden = student_hidden.detach().float()
     student_head, teacher_head, projector = heads.student_head.detach(), heads.teacher_head, heads.t2s_weight.detach()
@@ -173,18 +171,12 @@ def pair_chunk(
     )
     grad_head = _matmul(grad_student_logits.t(), hidden.to(student_head.dtype)) if needs[1] else None
     grad_projector = _matmul(grad_projected_teacher.t(), teacher_hidden.to(projector.dtype)) if needs[2] else None
-    sums = torch.stack(
-        [ce_rows.sum(), t2s_ce_rows.sum(), t2s_kd_rows.sum(), (s2t_kd_rows * valid).sum(), hidden.new_zeros(())]
+    sums = LossTerms(
+        ce_loss=ce_rows.sum(),
+        t2s_ce_loss=t2s_ce_rows.sum(),
+        t2s_kd_loss=t2s_kd_rows.sum(),
+        s2t_kd_loss=(s2t_kd_rows * valid).sum(),
+        vanilla_kd_loss=hidden.new_zeros(()),
     )
-    counts = torch.stack(
-        [
-            hidden.new_tensor(float(rows)),
-            hidden.new_tensor(float(rows)),
-            valid.sum().float(),
-            agree.sum().float(),
-            (t2s_pred == labels).sum().float(),
-            s2t_agree.sum().float(),
-            *fit,
-        ]
-    )
+    counts = Counts.of_pairs(valid, agree, t2s_pred == labels, s2t_agree, fit)
     return sums, counts, (grad_hidden, grad_head, grad_projector)

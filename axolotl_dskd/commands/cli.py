@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from axolotl_dskd import assets
+from axolotl_dskd.commands import assets
 
 DEMO_STUDENT_LAYERS = 8
 # Axolotl settings a CPU run needs: no mixed precision, no Triton LoRA kernels, plain AdamW.
@@ -90,7 +90,7 @@ def demo(args: argparse.Namespace) -> int:
 def before_after(config: dict[str, Any], out: Path, rows: int) -> str:
     """What the distillation did: the student before and after, and the teacher, scored on
     held-out GSM-Symbolic problems (another seed than training), greedy, ROUGE-L F1 x 100."""
-    from axolotl_dskd.evaluate import evaluate as run_eval
+    from axolotl_dskd.commands.evaluate import evaluate as run_eval
 
     data = assets.write_jsonl(assets.gsm_symbolic_rows(size=rows, seed=7), out / "held_out.jsonl")
     models = {
@@ -124,7 +124,7 @@ def before_after(config: dict[str, Any], out: Path, rows: int) -> str:
 
 
 def align(args: argparse.Namespace) -> int:
-    from axolotl_dskd.coverage import Aligner, load_named_tokenizer, read_texts, summarize
+    from axolotl_dskd.commands.coverage import Aligner, load_named_tokenizer, read_texts, summarize
 
     texts = read_texts(Path(args.data), args.field)
     aligner = Aligner(
@@ -146,7 +146,7 @@ def align(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from axolotl_dskd.evaluate import evaluate as run_eval
+    from axolotl_dskd.commands.evaluate import evaluate as run_eval
 
     summary = run_eval(args)
     label = f"{args.model}" + (f" + {args.adapter}" if args.adapter else "")
@@ -183,7 +183,7 @@ def teacher_fit(args: argparse.Namespace) -> int:
 
 
 def add_eval_parser(commands: Any) -> None:
-    from axolotl_dskd.evaluate import PROMPT_FORMATS, TASKS
+    from axolotl_dskd.commands.evaluate import PROMPT_FORMATS, TASKS
 
     parser = commands.add_parser("eval", help="generate answers for held-out prompts and score them")
     parser.add_argument("--model", required=True, help="model dir or hub id (a full fine-tune or the base model)")

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
-from axolotl_dskd import zero3
-
 LOG = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,8 +62,9 @@ def check_logits_are_plain(model: PreTrainedModel) -> None:
             )
 
 
-def load_teacher(spec: TeacherSpec, device: torch.device) -> PreTrainedModel:
-    """The teacher in eval mode with every parameter frozen, on `device`."""
+def load_teacher(spec: TeacherSpec, device: torch.device, placed_on_load: bool = False) -> PreTrainedModel:
+    """The teacher in eval mode with every parameter frozen, on `device` (unless the engine
+    placed each rank's slice while it loaded: `placed_on_load`)."""
     quantization = _quantization(spec)
     LOG.info("dskd: loading teacher %s (%s%s)", spec.path, spec.dtype, ", quantized" if quantization else "")
     model = AutoModelForCausalLM.from_pretrained(
@@ -77,7 +76,7 @@ def load_teacher(spec: TeacherSpec, device: torch.device) -> PreTrainedModel:
         attn_implementation=spec.attn_implementation,
         device_map={"": device} if quantization else None,
     )
-    if quantization is None and not zero3.enabled():  # ZeRO-3 placed each rank's slice already
+    if quantization is None and not placed_on_load:
         model.to(device)
     if spec.adapter:
         model = with_adapter(model, spec, merge=quantization is None)

@@ -6,44 +6,16 @@ import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from axolotl_dskd.alignment import marker_free
+from axolotl_dskd.tokens.alignment import marker_free
 
 
 @lru_cache(maxsize=8)
 def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-
-
-def teacher_tokenizer(settings: Any) -> PreTrainedTokenizerBase:
-    """dskd_teacher_tokenizer, or the teacher model's own at dskd_teacher_revision, from an
-    Axolotl config or the training arguments (both carry the dskd_* keys)."""
-    from axolotl_dskd.args import DSKDConfigError, teacher_tokenizer_path, teacher_tokenizer_revision
-
-    path = teacher_tokenizer_path(settings)
-    try:
-        return load_tokenizer(path, teacher_tokenizer_revision(settings), bool(settings.dskd_teacher_trust_remote_code))
-    except (OSError, ValueError) as error:
-        key = "dskd_teacher_tokenizer" if settings.dskd_teacher_tokenizer else "dskd_teacher_model"
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DSKDConfigError(f"{key}: cannot load a tokenizer from {path!r} ({first_line})") from error
-
-
-def student_and_teacher_tokenizers(cfg: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedTokenizerBase]:
-    """The two tokenizers named by an Axolotl config (tokenizer_config or base_model; the
-    dskd_teacher_tokenizer or the teacher model's)."""
-    student_path = getattr(cfg, "tokenizer_config", None) or cfg.base_model
-    student = load_tokenizer(student_path, None, bool(getattr(cfg, "trust_remote_code", False)))
-    return student, teacher_tokenizer(cfg)
-
-
-def cross_tokenizer(cfg: Any) -> bool:
-    """True when the teacher's vocabulary differs from the student's."""
-    return not same_vocabulary(*student_and_teacher_tokenizers(cfg))
 
 
 def same_vocabulary(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> bool:

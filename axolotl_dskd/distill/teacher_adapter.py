@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from axolotl_dskd.args import DSKDConfigError
+from axolotl_dskd.errors import DSKDConfigError
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")

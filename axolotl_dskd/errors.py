@@ -1,0 +1,5 @@
+"""The one error type a user sees for a setting the plugin cannot honour."""
+
+
+class DSKDConfigError(ValueError):
+    """A dskd_* setting that cannot be honoured; the message names the key and the fix."""

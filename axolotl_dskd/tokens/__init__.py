@@ -1,0 +1,1 @@
+"""Pure token alignment: byte tables, the compiled alignment kernel, the vocabulary bridge."""
