@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, model_validator
 
 from axolotl_dskd.compat import FSDP_VERSION_WHEN_UNSET
+from axolotl_dskd.distill.teacher_cache import CACHE_DTYPES, Manifest, TeacherCacheError
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
@@ -64,6 +65,9 @@ class DSKDArgs(BaseModel):
     dskd_loss_chunk_size: int = LossConfig.chunk_size
     dskd_normalization: str = LossConfig.normalization
     dskd_teacher_fit_rows: int = 64
+    # train from `axolotl-dskd cache-teacher`'s output instead of a live teacher
+    dskd_teacher_cache: str | None = None
+    dskd_teacher_cache_dtype: str = "bfloat16"  # how cache-teacher stores hidden states
 
     dskd_on_policy_ratio: float = 0.0
     dskd_on_policy_start_step: int = 0
@@ -90,6 +94,7 @@ class DSKDArgs(BaseModel):
             from axolotl_dskd.distill.teacher_adapter import check_teacher_adapter
 
             check_teacher_adapter(self)
+        check_teacher_cache(self)
         return self
 
 
@@ -127,6 +132,7 @@ def check_settings(cfg: Any) -> None:
     _one_of("dskd_projector_init", cfg.dskd_projector_init, PROJECTOR_INITS)
     _one_of("dskd_alignment", cfg.dskd_alignment, ALIGNMENTS)
     _one_of("dskd_normalization", cfg.dskd_normalization, NORMALIZATIONS)
+    _one_of("dskd_teacher_cache_dtype", cfg.dskd_teacher_cache_dtype, tuple(CACHE_DTYPES))
     _in_range("dskd_kd_ratio", cfg.dskd_kd_ratio, 0.0, 1.0, closed=True)
     _in_range("dskd_skew_lambda", cfg.dskd_skew_lambda, 0.0, 1.0, closed=False)
     _in_range("dskd_adaptive_kl_alpha", cfg.dskd_adaptive_kl_alpha, 0.0, 1.0, closed=False)
@@ -151,13 +157,11 @@ def check_settings(cfg: Any) -> None:
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
 
 
-def check_deepspeed(cfg: Any) -> None:
-    """ZeRO-1/2/3 reduce, clip and (3) partition the projector with the student, which owns
-    the loss module that holds it; without ZeRO, DeepSpeed all-reduces only the student's
-    own gradients. ZeRO-3 also partitions the teacher, which a quantized teacher forbids."""
+def deepspeed_stage(cfg: Any) -> int | None:
+    """The ZeRO stage of the `deepspeed` setting (a dict or a JSON file); None without it."""
     setting = getattr(cfg, "deepspeed", None)
     if not setting:
-        return
+        return None
     if isinstance(setting, dict):
         config = setting
     else:
@@ -165,7 +169,16 @@ def check_deepspeed(cfg: Any) -> None:
             config = json.loads(Path(setting).read_text())
         except (OSError, ValueError) as error:
             raise DSKDConfigError(f"deepspeed: cannot read {setting!r} as a DeepSpeed JSON config ({error})") from None
-    stage = int((config.get("zero_optimization") or {}).get("stage", 0))
+    return int((config.get("zero_optimization") or {}).get("stage", 0))
+
+
+def check_deepspeed(cfg: Any) -> None:
+    """ZeRO-1/2/3 reduce, clip and (3) partition the projector with the student, which owns
+    the loss module that holds it; without ZeRO, DeepSpeed all-reduces only the student's
+    own gradients. ZeRO-3 also partitions the teacher, which a quantized teacher forbids."""
+    stage = deepspeed_stage(cfg)
+    if stage is None:
+        return
     if stage == 3 and getattr(cfg, "dskd_teacher_adapter", None):
         raise DSKDConfigError(
             "dskd_teacher_adapter: ZeRO-3 partitions the teacher while it loads, so its LoRA adapter cannot be "
@@ -247,3 +260,61 @@ def check_vocabularies(cfg: Any) -> bool | None:
             f"student's vocabulary, but {teacher_tokenizer_path(cfg)!r} has another one; use dskd_method: dskd"
         )
     return True
+
+
+def _local_path(value: str | None) -> str | None:
+    """A local folder as its absolute path (a cache built from `./teacher` serves
+    `/abs/teacher`); hub ids as written."""
+    return str(Path(value).resolve()) if value and Path(value).exists() else value
+
+
+def teacher_cache_settings(cfg: Any) -> dict[str, Any]:
+    """Everything a teacher cache depends on besides the rows themselves: the teacher and
+    how it is held, both tokenizers, the teacher's rendering and the alignment."""
+    from axolotl_dskd.vocabularies import teacher_tokenizer_path
+
+    cross = bool(cfg.dskd_cross_tokenizer)
+    return {
+        "dskd_teacher_model": _local_path(cfg.dskd_teacher_model),
+        "dskd_teacher_revision": cfg.dskd_teacher_revision,
+        "dskd_teacher_adapter": _local_path(cfg.dskd_teacher_adapter),
+        "dskd_teacher_adapter_revision": cfg.dskd_teacher_adapter_revision,
+        "dskd_teacher_dtype": cfg.dskd_teacher_dtype,
+        "dskd_teacher_load_in_8bit": bool(cfg.dskd_teacher_load_in_8bit),
+        "dskd_teacher_load_in_4bit": bool(cfg.dskd_teacher_load_in_4bit),
+        "student_tokenizer": _local_path(getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)),
+        "teacher_tokenizer": _local_path(teacher_tokenizer_path(cfg)),
+        "dskd_teacher_chat_template": bool(cfg.dskd_teacher_chat_template),
+        "sequence_len": getattr(cfg, "sequence_len", None),
+        "dskd_cross_tokenizer": cross,
+        "dskd_alignment": cfg.dskd_alignment if cross else None,
+    }
+
+
+def check_teacher_cache(cfg: Any) -> None:
+    """A cache replaces the teacher only where every row the loss reads was built ahead:
+    no on-policy samples, an engine that runs the teacher whole per rank, and the same
+    teacher, tokenizers and rendering as this config."""
+    if not cfg.dskd_teacher_cache:
+        return
+    if cfg.dskd_on_policy_ratio > 0:
+        raise DSKDConfigError(
+            f"dskd_teacher_cache: on-policy distillation (dskd_on_policy_ratio: {cfg.dskd_on_policy_ratio}) scores "
+            "the student's own samples, which only a live teacher can; set dskd_on_policy_ratio: 0 or remove "
+            "dskd_teacher_cache"
+        )
+    if deepspeed_stage(cfg) == 3 or getattr(cfg, "fsdp", None) or getattr(cfg, "fsdp_config", None):
+        raise DSKDConfigError(
+            "dskd_teacher_cache: training from a cache works with one process, DDP and DeepSpeed ZeRO-1/2; "
+            "ZeRO-3 and FSDP2 are not supported with it yet; use ZeRO-2 or remove dskd_teacher_cache"
+        )
+    try:
+        manifest = Manifest.read(Path(cfg.dskd_teacher_cache))
+    except TeacherCacheError as error:
+        raise DSKDConfigError(str(error)) from None
+    difference = manifest.difference(teacher_cache_settings(cfg))
+    if difference:
+        raise DSKDConfigError(
+            f"dskd_teacher_cache: {cfg.dskd_teacher_cache} was built for another run ({difference}); rebuild it "
+            "with `axolotl-dskd cache-teacher cfg.yml`"
+        )

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
+from axolotl_dskd.cache_collator import DSKDCachedCollator
 from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat
 from axolotl_dskd.tokens.vocab import load_tokenizer, marker_free_table, token_bytes_table
 
@@ -75,8 +75,9 @@ def _split_utf8(data: bytes) -> tuple[str, bytes]:
 
 
 @dataclass
-class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
-    """Pads the student fields as Axolotl does, then adds the teacher's view of each row."""
+class DSKDCrossTokenizerCollator(DSKDCachedCollator):
+    """Pads the student fields as Axolotl does (adding cached teacher rows when there is a
+    cache), then adds the teacher's view of each row."""
 
     teacher_tokenizer_path: str = ""
     teacher_revision: str | None = None
@@ -193,7 +194,7 @@ class DSKDCrossTokenizerCollator(DataCollatorForSeq2Seq):
 
     def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None) -> dict[str, Any]:
         if features and isinstance(features[0], list):
-            raise ValueError("sample_packing: packed batches are not supported by axolotl_dskd; set it to false")
+            return super().__call__(features, return_tensors)  # rejects packed batches
         if features and "teacher_input_ids" in features[0]:
             rows = [
                 self.rendered_teacher_row(

@@ -51,14 +51,20 @@ class DSKDPlugin(BasePlugin):
         return DSKDTrainer
 
     def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict[str, Any]] | None:
-        """Cross-tokenizer runs need the teacher's tokenization of each row; else keep Axolotl's."""
+        """Cross-tokenizer runs need the teacher's tokenization of each row, cached runs the
+        cached teacher rows of each row; else keep Axolotl's collator."""
         from axolotl_dskd.vocabularies import teacher_tokenizer_path, teacher_tokenizer_revision
 
+        cache = {"teacher_cache": cfg.dskd_teacher_cache} if cfg.dskd_teacher_cache else {}
         if not cfg.dskd_cross_tokenizer:
-            return None
+            if not cache:
+                return None
+            from axolotl_dskd.cache_collator import DSKDCachedCollator
+
+            return DSKDCachedCollator, cache
         from axolotl_dskd.collator import DSKDCrossTokenizerCollator
 
-        return DSKDCrossTokenizerCollator, {
+        return DSKDCrossTokenizerCollator, cache | {
             "teacher_tokenizer_path": teacher_tokenizer_path(cfg),
             "teacher_revision": teacher_tokenizer_revision(cfg),
             "teacher_trust_remote_code": bool(cfg.dskd_teacher_trust_remote_code),

@@ -20,6 +20,7 @@ from axolotl_dskd.distill.fit_check import TeacherFit
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch
 from axolotl_dskd.distill.step import DistillationStep
 from axolotl_dskd.distill.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache, TeacherCacheError, dataset_keys
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.divergences import DivergenceConfig
 from axolotl_dskd.tokens.vocab import VocabBridge
@@ -101,8 +102,11 @@ class DSKDTrainer(AxolotlTrainer):
             attn_implementation=self.model.config._attn_implementation,
         )
         self.engine = engines.select(self.accelerator)
-        teacher = load_teacher(spec, student_head.device, placed_on_load=self.engine.places_models_on_load)
-        self.engine.prepare_teacher(teacher)
+        if self.args.dskd_teacher_cache:
+            teacher = self._cached_teacher(spec.dtype, student_head.device)
+        else:
+            teacher = load_teacher(spec, student_head.device, placed_on_load=self.engine.places_models_on_load)
+            self.engine.prepare_teacher(teacher)
         teacher_vocab = teacher_tokenizer(self.args)
         cross = self.args.dskd_cross_tokenizer
         if cross:
@@ -132,6 +136,23 @@ class DSKDTrainer(AxolotlTrainer):
         if self.distill.t2s_projector is not None:
             self.engine.start_in_sync(self.distill.t2s_projector)
         LOG.info("dskd: engine %s", self.engine.name)
+
+    def _cached_teacher(self, dtype: torch.dtype, device: torch.device) -> HeadOnlyTeacher:
+        """The teacher's head from the cache, once the cache is shown to hold this run's rows
+        (the YAML check compared the settings; the rows need the prepared datasets)."""
+        cache = TeacherCache(self.args.dskd_teacher_cache)
+        built_dtype = cache.manifest.teacher_dtype
+        if built_dtype != str(dtype).removeprefix("torch."):
+            raise TeacherCacheError(
+                f"dskd_teacher_cache: the cache was built with a {built_dtype} teacher, this run's teacher dtype is "
+                f"{dtype}; rebuild it with `axolotl-dskd cache-teacher cfg.yml`"
+            )
+        splits = {"train": self.train_dataset, "eval": self.eval_dataset}
+        for split, dataset in splits.items():
+            if dataset is not None:
+                cache.check_split(split, dataset_keys(dataset))
+        LOG.info("dskd: training from the teacher cache %s (no teacher body loaded)", self.args.dskd_teacher_cache)
+        return HeadOnlyTeacher(cache.head().to(device=device, dtype=dtype))
 
     def _set_signature_columns_if_needed(self):
         """Keep the teacher's own tokenization (dskd_teacher_chat_template) for the collator."""

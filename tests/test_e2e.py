@@ -29,10 +29,13 @@ def _train(args: list[str], cfg: dict, workdir: Path) -> Path:
     return Path(cfg["output_dir"])
 
 
-def _losses(run_dir: Path) -> list[float]:
+def _history(run_dir: Path) -> list[dict]:
     last = max(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
+    return json.loads((last / "trainer_state.json").read_text())["log_history"]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [entry["loss"] for entry in _history(run_dir) if "loss" in entry]
 
 
 def _assert_loss_falls(run_dir: Path) -> None:
@@ -99,6 +102,70 @@ def test_resume_from_middle_checkpoint_reproduces_the_projector(lora_run, tmp_pa
     resumed = load_file(resumed_dir / PROJECTOR)["weight"]
     assert not torch.equal(load_file(run_dir / "checkpoint-6" / PROJECTOR)["weight"], uninterrupted)
     assert torch.allclose(resumed, uninterrupted, atol=1e-5)
+
+
+def _cached(cfg: dict, workdir: Path) -> dict:
+    """`cfg` trained from a float32 teacher cache built (by the command) in `workdir`."""
+    cached_cfg = cfg | {
+        "output_dir": str(workdir / "run"),
+        "dskd_teacher_cache": str(workdir / "cache"),
+        "dskd_teacher_cache_dtype": "float32",
+    }
+    built = run_cli(["axolotl-dskd", "cache-teacher"], cached_cfg, workdir)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-6000:]
+    assert (workdir / "cache" / "manifest.json").is_file()
+    return cached_cfg
+
+
+def _assert_same_teacher_rows(cached_dir: Path, live_dir: Path) -> None:
+    """The cached run saw the live teacher's rows on every batch (teacher_ce/acc depend on
+    the teacher alone) and starts from the same loss; later losses only move apart by
+    Adam's amplification of last-bit differences (the cache ran the teacher on other batches)."""
+    logged = [_history(run) for run in (cached_dir, live_dir)]
+    cached, live = ([entry for entry in history if "loss" in entry] for history in logged)
+    assert len(cached) == len(live) > 0
+    for got, expected in zip(cached, live, strict=True):
+        for key in ("teacher_ce", "teacher_acc"):
+            assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+        assert got["loss"] == pytest.approx(expected["loss"], rel=2e-3)
+    assert cached[0]["loss"] == pytest.approx(live[0]["loss"], rel=1e-6)
+
+
+def test_cached_teacher_lora_run_matches_the_live_run_and_resumes(lora_run, tmp_path) -> None:
+    """Built by `axolotl-dskd cache-teacher`, the cache trains the same LoRA run as the live
+    teacher without loading the teacher's body, and a resumed cached run ends where the
+    uninterrupted one does."""
+    cfg, live_dir = lora_run
+    cached_cfg = _cached(cfg, tmp_path)
+    result = run_cli(AXOLOTL, cached_cfg, tmp_path)
+    assert result.returncode == 0, result.stderr[-6000:]
+    logs = result.stdout + result.stderr
+    assert "training from the teacher cache" in logs
+    assert "loading teacher" not in logs
+    cached_dir = Path(cached_cfg["output_dir"])
+    _assert_same_teacher_rows(cached_dir, live_dir)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(cached_dir / "checkpoint-6", resumed_dir / "checkpoint-6")
+    resumed_cfg = cached_cfg | {
+        "output_dir": str(resumed_dir),
+        "resume_from_checkpoint": str(resumed_dir / "checkpoint-6"),
+    }
+    _train(AXOLOTL, resumed_cfg, tmp_path)
+    uninterrupted = load_file(cached_dir / PROJECTOR)["weight"]
+    assert torch.allclose(load_file(resumed_dir / PROJECTOR)["weight"], uninterrupted, atol=1e-5)
+
+
+def test_cached_teacher_cross_tokenizer_run_matches_the_live_run(tiny, tmp_path) -> None:
+    cfg = lora(base_config(tiny.student, tiny.cross_teacher, tiny.data, tmp_path / "live"))
+    cfg |= {"max_steps": 4, "save_steps": 4, "val_set_size": 0.1, "eval_steps": 4}
+    live_dir = _train(AXOLOTL, cfg, tmp_path / "live")
+    cached_dir = _train(AXOLOTL, _cached(cfg, tmp_path / "cached"), tmp_path / "cached")
+    _assert_same_teacher_rows(cached_dir, live_dir)
+    evals = [[entry for entry in _history(run) if "eval_teacher_ce" in entry] for run in (cached_dir, live_dir)]
+    assert len(evals[0]) == len(evals[1]) > 0
+    for got, expected in zip(*evals, strict=True):
+        assert got["eval_teacher_ce"] == pytest.approx(expected["eval_teacher_ce"], rel=1e-5)
 
 
 def test_full_finetune_via_python_module_with_eval(tiny, tmp_path) -> None:

@@ -1,6 +1,7 @@
 """The `axolotl-dskd` command: `demo` (a real distillation on the embedded default pair),
 `align` (how much of a text a tokenizer pair can distill), `eval` (score a student on
-held-out rows) and `teacher-fit` (does the teacher fit the training data)."""
+held-out rows), `teacher-fit` (does the teacher fit the training data) and `cache-teacher`
+(run the teacher once, train from its stored rows)."""
 
 from __future__ import annotations
 
@@ -182,6 +183,24 @@ def teacher_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_teacher(args: argparse.Namespace) -> int:
+    from axolotl_dskd.commands.cache_teacher import cache_teacher as build
+
+    return build(args)
+
+
+def add_cache_teacher_parser(commands: Any) -> None:
+    parser = commands.add_parser("cache-teacher", help="run the teacher once and store what DSKD reads of it")
+    parser.add_argument("config", help="the Axolotl YAML of the DSKD run")
+    parser.add_argument("--out", help="cache folder (default: the config's dskd_teacher_cache)")
+    parser.add_argument(
+        "--dtype", choices=("bfloat16", "float16", "float32"), help="storage dtype (default: dskd_teacher_cache_dtype)"
+    )
+    parser.add_argument("--batch-size", type=int, help="rows per teacher forward (default: micro_batch_size)")
+    parser.add_argument("--shard-rows", type=int, default=1024, help="rows per shard file")
+    parser.set_defaults(handler=cache_teacher)
+
+
 def add_eval_parser(commands: Any) -> None:
     from axolotl_dskd.commands.evaluate import PROMPT_FORMATS, TASKS
 
@@ -236,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_parser.add_argument("config", help="the Axolotl YAML of the DSKD run")
     fit_parser.add_argument("--rows", type=int, help="training rows to score (default: dskd_teacher_fit_rows or 64)")
     fit_parser.set_defaults(handler=teacher_fit)
+    add_cache_teacher_parser(commands)
     args = parser.parse_args(argv)
     return args.handler(args)
 

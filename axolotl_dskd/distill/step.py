@@ -16,6 +16,13 @@ from transformers import PreTrainedModel
 
 from axolotl_dskd.distill.head_loss import HeadLoss
 from axolotl_dskd.distill.teacher import last_hidden_state, output_head
+from axolotl_dskd.distill.teacher_cache import (
+    CACHED_COUNTS,
+    CACHED_ROWS,
+    HeadOnlyTeacher,
+    TeacherCacheError,
+    cached_teacher_rows,
+)
 from axolotl_dskd.engines import Engine
 from axolotl_dskd.loss.chunked import divided_weights, term_weights
 from axolotl_dskd.loss.config import LossConfig
@@ -26,8 +33,15 @@ from axolotl_dskd.tokens.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
 IGNORE_INDEX = -100
-# what a cross-tokenizer batch carries beside the student's fields (the collator fills them)
-TEACHER_FIELDS = ("teacher_input_ids", "teacher_attention_mask", "teacher_labels", "dskd_pairs")
+# what a batch carries beside the student's fields for the teacher (the collators fill them)
+TEACHER_FIELDS = (
+    "teacher_input_ids",
+    "teacher_attention_mask",
+    "teacher_labels",
+    "dskd_pairs",
+    CACHED_ROWS,
+    CACHED_COUNTS,
+)
 
 
 @dataclass(frozen=True)
@@ -150,15 +164,7 @@ class DistillationStep(nn.Module):
         student_hidden = outputs.hidden_states[-1]
         self.engine.before_loss(model)  # the loss reads the head and the projector outside forward
         if with_teacher:
-            with torch.no_grad():
-                teacher_device = output_head(self.teacher).device
-                prefix = "teacher_" if cross else ""
-                teacher_hidden = last_hidden_state(
-                    self.teacher,
-                    inputs[prefix + "input_ids"].to(teacher_device),
-                    inputs[prefix + "attention_mask"].to(teacher_device),
-                )
-            teacher_rows = rows.teacher_rows(teacher_hidden).to(student_hidden.device)
+            teacher_rows = self._teacher_rows(inputs, rows, cross).to(student_hidden.device)
         else:
             teacher_rows = student_hidden.new_zeros((0, self.teacher_hidden_size))
         n_rows = rows.labels.numel()
@@ -170,6 +176,23 @@ class DistillationStep(nn.Module):
         )
         # keeps every trainable tensor in the graph when a micro-batch has no response token
         return loss + student_hidden.sum() * 0.0, sums, counts
+
+    @torch.no_grad()
+    def _teacher_rows(self, inputs: dict[str, torch.Tensor], rows: Rows, cross: bool) -> torch.Tensor:
+        """The teacher's hidden rows the loss pairs: read from the batch when it comes from
+        a teacher cache, else from a forward pass of the live teacher."""
+        head = output_head(self.teacher)
+        if CACHED_ROWS in inputs:
+            return cached_teacher_rows(inputs, rows.teacher_index[0], head.dtype)
+        if isinstance(self.teacher, HeadOnlyTeacher):
+            raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
+        prefix = "teacher_" if cross else ""
+        hidden = last_hidden_state(
+            self.teacher,
+            inputs[prefix + "input_ids"].to(head.device),
+            inputs[prefix + "attention_mask"].to(head.device),
+        )
+        return rows.teacher_rows(hidden)
 
     def forward(
         self,

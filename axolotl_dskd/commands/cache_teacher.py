@@ -1,0 +1,170 @@
+"""`axolotl-dskd cache-teacher cfg.yml`: run the teacher once over the prepared rows and
+store what the loss reads of it (see `distill.teacher_cache`).
+
+The rows are Axolotl's prepared dataset for the config, collated by the collator training
+uses (so with different tokenizers the teacher sees the same re-tokenization and the cache
+holds exactly the aligned rows). Shards are written whole, one at a time; a rerun skips
+finished shards, and several processes (torchrun / accelerate launch) split the shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from axolotl_dskd.distill.step import Rows
+from axolotl_dskd.distill.teacher import TeacherSpec, last_hidden_state, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.distill.teacher_cache import (
+    CACHE_DTYPES,
+    HEAD_FILE,
+    Manifest,
+    SplitInfo,
+    dataset_keys,
+    fingerprint,
+    per_row,
+    shard_name,
+    write_shard,
+)
+
+LOG = logging.getLogger(__name__)
+
+
+def _load_cfg_without_cache(config: str) -> tuple[Any, str | None]:
+    """The config as training reads it, less `dskd_teacher_cache` (which names the cache
+    being built, and would be checked against a manifest that does not exist yet), and
+    that cache folder."""
+    from axolotl.cli.config import load_cfg
+
+    raw = yaml.safe_load(Path(config).read_text())
+    cache_dir = raw.pop("dskd_teacher_cache", None)
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
+        yaml.safe_dump(raw, handle)
+    try:
+        return load_cfg(handle.name), cache_dir
+    finally:
+        os.unlink(handle.name)
+
+
+def _collator(cfg: Any, tokenizer: Any) -> Any:
+    """The collator a training run of `cfg` uses, without a cache to read from."""
+    from axolotl_dskd.cache_collator import DSKDCachedCollator
+    from axolotl_dskd.plugin import DSKDPlugin
+
+    chosen = DSKDPlugin().get_collator_cls_and_kwargs(cfg)
+    collator_cls, kwargs = chosen if chosen else (DSKDCachedCollator, {})
+    return collator_cls(tokenizer, padding=True, return_tensors="pt", **kwargs)
+
+
+def teacher_rows_by_row(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], cross: bool) -> list[torch.Tensor]:
+    """The teacher's hidden rows the loss reads, split per batch row, in the loss's order."""
+    rows = Rows.build(batch["labels"], batch["dskd_pairs"] if cross else None)
+    prefix = "teacher_" if cross else ""
+    device = output_head(teacher).device
+    with torch.no_grad():
+        hidden = last_hidden_state(
+            teacher, batch[prefix + "input_ids"].to(device), batch[prefix + "attention_mask"].to(device)
+        )
+    return per_row(rows.teacher_rows(hidden), rows.teacher_index[0], batch["labels"].shape[0])
+
+
+def build_split(
+    teacher: torch.nn.Module,
+    collator: Any,
+    dataset: Any,
+    out: Path,
+    split: str,
+    settings: argparse.Namespace,
+    cross: bool,
+) -> SplitInfo:
+    """Write this process's shards of one split (skipping finished ones)."""
+    keys = dataset_keys(dataset)
+    shard_count = max(1, math.ceil(len(dataset) / settings.shard_rows))
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    dtype = CACHE_DTYPES[settings.dtype]
+    mine = [index for index in range(shard_count) if index % world == rank]
+    collated = ("input_ids", "attention_mask", "labels", "teacher_input_ids", "teacher_labels")
+    columns = [name for name in collated if name in dataset.column_names]
+    bar = tqdm(total=len(dataset), desc=f"cache-teacher {split}", disable=rank != 0)
+    for index in mine:
+        first, last = index * settings.shard_rows, min(len(dataset), (index + 1) * settings.shard_rows)
+        name = shard_name(split, index, shard_count)
+        if (out / name).exists():
+            bar.update(last - first)
+            continue
+        stored: dict[str, torch.Tensor] = {}
+        for start in range(first, last, settings.batch_size):
+            indices = range(start, min(last, start + settings.batch_size))
+            features = [{column: dataset[i][column] for column in columns} for i in indices]
+            hidden_rows = teacher_rows_by_row(teacher, collator(features), cross)
+            for i, rows in zip(indices, hidden_rows, strict=True):
+                stored.setdefault(keys[i], rows.to("cpu", dtype).clone())
+            bar.update(len(indices))
+        write_shard(out, name, stored)
+    bar.close()
+    return SplitInfo(rows=len(dataset), shards=shard_count, fingerprint=fingerprint(keys))
+
+
+def cache_teacher(args: argparse.Namespace) -> int:
+    from axolotl.cli.args import TrainerCliArgs
+    from axolotl.common.datasets import load_datasets
+    from axolotl.loaders import load_tokenizer
+
+    from axolotl_dskd.args import teacher_cache_settings
+
+    cfg, cache_dir = _load_cfg_without_cache(args.config)
+    if not cfg.get("dskd_teacher_model"):
+        print(f"cache-teacher: {args.config} has no dskd_teacher_model (is axolotl_dskd.DSKDPlugin in plugins?)")
+        return 2
+    out_dir = args.out or cache_dir
+    if not out_dir:
+        print("cache-teacher: give --out DIR or set dskd_teacher_cache in the config")
+        return 2
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args.dtype = args.dtype or cfg.dskd_teacher_cache_dtype
+    args.batch_size = args.batch_size or cfg.micro_batch_size or 1
+    data = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
+    tokenizer = load_tokenizer(cfg)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    spec = TeacherSpec(
+        path=cfg.dskd_teacher_model,
+        revision=cfg.dskd_teacher_revision,
+        adapter=cfg.dskd_teacher_adapter,
+        adapter_revision=cfg.dskd_teacher_adapter_revision,
+        dtype=resolve_dtype(cfg.dskd_teacher_dtype, cfg.torch_dtype),
+        load_in_8bit=bool(cfg.dskd_teacher_load_in_8bit),
+        load_in_4bit=bool(cfg.dskd_teacher_load_in_4bit),
+        trust_remote_code=bool(cfg.dskd_teacher_trust_remote_code),
+    )
+    teacher = load_teacher(spec, device)
+    head = output_head(teacher).detach()
+    manifest = Manifest(
+        settings=teacher_cache_settings(cfg),
+        dtype=args.dtype,
+        hidden_size=head.shape[1],
+        teacher_dtype=str(spec.dtype).removeprefix("torch."),
+    )
+    collator = _collator(cfg, tokenizer)
+    splits = {"train": data.train_dataset, "eval": data.eval_dataset}
+    for split, dataset in splits.items():
+        if dataset is not None and len(dataset):
+            manifest.splits[split] = build_split(
+                teacher, collator, dataset, out, split, args, bool(cfg.dskd_cross_tokenizer)
+            )
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_file({"weight": head.to("cpu").contiguous()}, str(out / HEAD_FILE))
+        manifest.write(out)
+    total = sum(path.stat().st_size for path in out.glob("*.safetensors"))
+    print(f"cache-teacher: wrote {out} ({total / 2**20:.1f} MiB, {args.dtype})")
+    return 0
