@@ -138,7 +138,14 @@ def _convert_gguf(gguf: Path, eos_token: str, out: Path) -> None:
 
     LOG.info("dskd: converting %s to safetensors (once)", gguf.name)
     tokenizer = _gguf_tokenizer(gguf, eos_token)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers 5.20+ marks a GGUF-loaded model as quantized and will not save it, though
+    # its weights are plain dequantized tensors: move them into an unmarked model
+    config = loaded.config
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)
