@@ -340,25 +340,9 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
     student = tiny.student
     if engine == "deepspeed_zero3" and teacher == "same_vocabulary":
         student = _tied_copy(tiny.student, tmp_path / "tied_student")
-    runs = {}
-    for name, micro_batch_size in (("one", 2), ("two", 1)):
-        workdir = tmp_path / name
-        launcher, engine_keys = _two_ranks(engine, workdir) if name == "two" else (ACCELERATE, {})
-        cfg = base_config(student, teacher_dir, tiny.data, workdir)
-        cfg |= {
-            "micro_batch_size": micro_batch_size,
-            "curriculum_sampling": True,  # the same row order whatever the number of ranks
-            "learning_rate": 0.01,
-            "dskd_projector_lr": 0.01,
-            "max_grad_norm": 1.0,
-            "max_steps": 4,
-            "save_steps": 4,
-            "max_memory": {"cpu": "8GiB"},  # lets Axolotl place each rank's model on the CPU
-        }
-        result = run_cli(launcher, cfg | engine_keys, workdir)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-        runs[name] = Path(cfg["output_dir"]), result.stdout + result.stderr
-    (one_dir, _), (two_dir, two_log) = runs["one"], runs["two"]
+    one_dir, two_dir, two_log = _one_and_two_ranks(
+        engine, base_config(student, teacher_dir, tiny.data, tmp_path), tmp_path
+    )
     if engine in ("ddp", "deepspeed_zero2"):  # FSDP and ZeRO-3 hold one split projector: nothing to compare
         assert "dskd: t2s projector identical on 2 ranks" in two_log
     if engine in ZERO:  # DeepSpeed really ran (ZeRO's checkpoint layout); the model has no projector
@@ -372,10 +356,51 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tiny, tmp_pa
         assert all(torch.allclose(one_model[key], two_model[key], atol=1e-4, rtol=0) for key in one_model)
     if engine == "fsdp2":  # FSDP really ran (its sharded checkpoint layout)
         assert (two_dir / "checkpoint-4" / "pytorch_model_fsdp_0").is_dir()
+    _assert_same_training(one_dir, two_dir)
+
+
+def _one_and_two_ranks(engine: str, cfg: dict, tmp_path: Path) -> tuple[Path, Path, str]:
+    """`cfg` trained 4 steps by 1 process x 2 rows and by `engine` on 2 ranks x 1 row:
+    (one's output dir, two's output dir, two's log)."""
+    runs = {}
+    for name, micro_batch_size in (("one", 2), ("two", 1)):
+        workdir = tmp_path / name
+        launcher, engine_keys = _two_ranks(engine, workdir) if name == "two" else (ACCELERATE, {})
+        run_cfg = cfg | {
+            "dataset_prepared_path": str(workdir / "prepared"),
+            "output_dir": str(workdir / "run"),
+            "micro_batch_size": micro_batch_size,
+            "curriculum_sampling": True,  # the same row order whatever the number of ranks
+            "learning_rate": 0.01,
+            "dskd_projector_lr": 0.01,
+            "max_grad_norm": 1.0,
+            "max_steps": 4,
+            "save_steps": 4,
+            "max_memory": {"cpu": "8GiB"},  # lets Axolotl place each rank's model on the CPU
+        }
+        result = run_cli(launcher, run_cfg | engine_keys, workdir)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+        runs[name] = Path(run_cfg["output_dir"]), result.stdout + result.stderr
+    return runs["one"][0], runs["two"][0], runs["two"][1]
+
+
+def _assert_same_training(one_dir: Path, two_dir: Path) -> None:
     one_projector, two_projector = load_file(one_dir / PROJECTOR)["weight"], load_file(two_dir / PROJECTOR)["weight"]
     assert torch.allclose(one_projector, two_projector, atol=1e-4, rtol=0)
     assert _losses(one_dir) == pytest.approx(_losses(two_dir), abs=1e-4)
     assert len(_losses(two_dir)) == 4
+
+
+@pytest.mark.parametrize("engine", ["ddp", "deepspeed_zero2"])
+def test_two_processes_from_a_teacher_cache_match_one_process(tiny, tmp_path, engine: str) -> None:
+    """Each rank's collator reads its own rows from the shared cache: 2 ranks x 1 row train
+    what 1 rank x 2 rows does, without any teacher body loaded."""
+    cfg = _cached(base_config(tiny.student, tiny.teacher, tiny.data, tmp_path), tmp_path)
+    one_dir, two_dir, two_log = _one_and_two_ranks(engine, cfg, tmp_path)
+    assert two_log.count("training from the teacher cache") == 2
+    assert "loading teacher" not in two_log
+    assert "dskd: t2s projector identical on 2 ranks" in two_log
+    _assert_same_training(one_dir, two_dir)
 
 
 def _tied_copy(student_dir: Path, out: Path) -> Path:

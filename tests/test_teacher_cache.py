@@ -9,17 +9,15 @@ import json
 import pytest
 import torch
 from datasets import Dataset
-from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from axolotl_dskd.cache_collator import DSKDCachedCollator
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator
-from axolotl_dskd.commands.cache_teacher import build_split
+from axolotl_dskd.commands.cache_teacher import write_cache
 from axolotl_dskd.distill.step import DistillationStep
 from axolotl_dskd.distill.teacher import output_head
 from axolotl_dskd.distill.teacher_cache import (
     CACHED_COUNTS,
-    HEAD_FILE,
     HeadOnlyTeacher,
     Manifest,
     TeacherCache,
@@ -35,12 +33,14 @@ CROSS = ("same_vocabulary", "cross_tokenizer")
 
 
 def _features(tokenizer, data, rows: int) -> list[dict[str, list[int]]]:
-    """Unpadded student rows as Axolotl's prepared dataset holds them (prompt masked)."""
+    """Unpadded student rows of different lengths, as Axolotl's prepared dataset holds
+    them (prompt masked)."""
     features = []
-    for line in data.read_text().splitlines()[:rows]:
+    for index, line in enumerate(data.read_text().splitlines()[:rows]):
         row = json.loads(line)
-        prompt = tokenizer(row["instruction"] + "\n", add_special_tokens=False)["input_ids"][:40]
-        response = tokenizer(row["output"], add_special_tokens=False)["input_ids"][:30] + [tokenizer.eos_token_id]
+        prompt = tokenizer(row["instruction"] + "\n", add_special_tokens=False)["input_ids"][: 40 - 3 * index]
+        response = tokenizer(row["output"], add_special_tokens=False)["input_ids"][: 30 - 4 * index]
+        response.append(tokenizer.eos_token_id)
         ids = prompt + response
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(prompt) + response})
     return features
@@ -61,11 +61,8 @@ def _collator(tiny, cross: bool, cache: str = "") -> DSKDCachedCollator:
 def _build(tiny, teacher, features, out, cross: bool, dtype: str = "float32") -> None:
     """What `axolotl-dskd cache-teacher` writes, for `features` (two shards, two rows per
     teacher forward: another batching than training's)."""
-    settings = argparse.Namespace(shard_rows=3, batch_size=2, dtype=dtype)
-    split = build_split(teacher, _collator(tiny, cross), Dataset.from_list(features), out, "train", settings, cross)
-    head = output_head(teacher).detach()
-    save_file({"weight": head.contiguous()}, str(out / HEAD_FILE))
-    Manifest({}, dtype, head.shape[1], "float32", {"train": split}).write(out)
+    options = argparse.Namespace(shard_rows=3, batch_size=2, dtype=dtype)
+    write_cache(out, teacher, _collator(tiny, cross), {"train": Dataset.from_list(features)}, options, {}, cross)
 
 
 def _step(tiny, student, teacher, cross: bool) -> DistillationStep:
@@ -224,3 +221,28 @@ def test_cache_settings_that_cannot_work_are_rejected(tiny, tmp_path) -> None:
     assert "dskd_teacher_cache_dtype: 'int4' is not supported; use one of: bfloat16, float16, float32" in _error(
         tiny, tmp_path, dskd_teacher_cache_dtype="int4"
     )
+
+
+def test_a_rerun_writes_only_missing_shards_and_ranks_split_them(tiny, tmp_path, monkeypatch) -> None:
+    teacher = AutoModelForCausalLM.from_pretrained(tiny.teacher, dtype=torch.float32).eval().requires_grad_(False)
+    features = _features(tiny.tokenizer, tiny.data, rows=5)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # two processes' shares of one build
+    _build(tiny, teacher, features, tmp_path / "ranks", cross=False)
+    assert [path.name for path in (tmp_path / "ranks").iterdir()] == ["train-00001-of-00002.safetensors"]
+    monkeypatch.setenv("RANK", "0")  # rank 0 also writes the head and the manifest
+    _build(tiny, teacher, features, tmp_path / "ranks", cross=False)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    _build(tiny, teacher, features, tmp_path / "one", cross=False)
+    keys = [row_key(f["input_ids"], f["labels"]) for f in features]
+    by_ranks, alone = TeacherCache(tmp_path / "ranks").rows(keys), TeacherCache(tmp_path / "one").rows(keys)
+    assert all(torch.equal(by_ranks[name], alone[name]) for name in alone)
+    first, second = (
+        tmp_path / "one" / "train-00000-of-00002.safetensors",
+        tmp_path / "one" / "train-00001-of-00002.safetensors",
+    )
+    second.unlink()
+    kept = first.stat().st_mtime_ns
+    _build(tiny, teacher, features, tmp_path / "one", cross=False)
+    assert second.is_file() and first.stat().st_mtime_ns == kept

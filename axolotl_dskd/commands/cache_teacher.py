@@ -114,6 +114,34 @@ def build_split(
     return SplitInfo(rows=len(dataset), shards=shard_count, fingerprint=fingerprint(keys))
 
 
+def write_cache(
+    out: Path,
+    teacher: torch.nn.Module,
+    collator: Any,
+    splits: dict[str, Any],
+    options: argparse.Namespace,
+    settings: dict[str, Any],
+    cross: bool,
+) -> Manifest:
+    """Build every split's shards of this process; rank 0 then writes the head and the
+    manifest (written last: a folder without it is no cache)."""
+    out.mkdir(parents=True, exist_ok=True)
+    head = output_head(teacher).detach()
+    manifest = Manifest(
+        settings=settings,
+        dtype=options.dtype,
+        hidden_size=head.shape[1],
+        teacher_dtype=str(head.dtype).removeprefix("torch."),
+    )
+    for split, dataset in splits.items():
+        if dataset is not None and len(dataset):
+            manifest.splits[split] = build_split(teacher, collator, dataset, out, split, options, cross)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_file({"weight": head.to("cpu").contiguous()}, str(out / HEAD_FILE))
+        manifest.write(out)
+    return manifest
+
+
 def cache_teacher(args: argparse.Namespace) -> int:
     from axolotl.cli.args import TrainerCliArgs
     from axolotl.common.datasets import load_datasets
@@ -130,11 +158,9 @@ def cache_teacher(args: argparse.Namespace) -> int:
         print("cache-teacher: give --out DIR or set dskd_teacher_cache in the config")
         return 2
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     args.dtype = args.dtype or cfg.dskd_teacher_cache_dtype
     args.batch_size = args.batch_size or cfg.micro_batch_size or 1
     data = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
-    tokenizer = load_tokenizer(cfg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     spec = TeacherSpec(
@@ -147,24 +173,15 @@ def cache_teacher(args: argparse.Namespace) -> int:
         load_in_4bit=bool(cfg.dskd_teacher_load_in_4bit),
         trust_remote_code=bool(cfg.dskd_teacher_trust_remote_code),
     )
-    teacher = load_teacher(spec, device)
-    head = output_head(teacher).detach()
-    manifest = Manifest(
-        settings=teacher_cache_settings(cfg),
-        dtype=args.dtype,
-        hidden_size=head.shape[1],
-        teacher_dtype=str(spec.dtype).removeprefix("torch."),
+    write_cache(
+        out,
+        load_teacher(spec, device),
+        _collator(cfg, load_tokenizer(cfg)),
+        {"train": data.train_dataset, "eval": data.eval_dataset},
+        args,
+        teacher_cache_settings(cfg),
+        bool(cfg.dskd_cross_tokenizer),
     )
-    collator = _collator(cfg, tokenizer)
-    splits = {"train": data.train_dataset, "eval": data.eval_dataset}
-    for split, dataset in splits.items():
-        if dataset is not None and len(dataset):
-            manifest.splits[split] = build_split(
-                teacher, collator, dataset, out, split, args, bool(cfg.dskd_cross_tokenizer)
-            )
-    if int(os.environ.get("RANK", "0")) == 0:
-        save_file({"weight": head.to("cpu").contiguous()}, str(out / HEAD_FILE))
-        manifest.write(out)
     total = sum(path.stat().st_size for path in out.glob("*.safetensors"))
     print(f"cache-teacher: wrote {out} ({total / 2**20:.1f} MiB, {args.dtype})")
     return 0

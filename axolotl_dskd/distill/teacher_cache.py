@@ -38,10 +38,12 @@ class TeacherCacheError(RuntimeError):
 
 
 def row_key(input_ids: Sequence[int], labels: Sequence[int]) -> str:
-    """The digest that names one row: its student tokens and which of them are trained."""
+    """The digest that names one row: its student tokens and which of them are trained.
+    Only the first len(input_ids) labels count: Axolotl's collator pads a row's labels in
+    place, so a row seen twice may carry padding the second time."""
     digest = hashlib.sha256(np.asarray(input_ids, dtype=np.int64).tobytes())
     digest.update(b"|")
-    digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+    digest.update(np.asarray(labels[: len(input_ids)], dtype=np.int64).tobytes())
     return digest.hexdigest()[:32]
 
 

@@ -1,0 +1,210 @@
+"""Teacher cache vs live teacher vs SFT, side by side in one run, on real models.
+
+Pairs: the demo pair (teacher SmolLM2-135M-Instruct, student its first 8 layers, one
+vocabulary) and a cross-tokenizer pair (teacher Qwen2.5-Coder-0.5B-Instruct, same
+student). Student: LoRA r=16 on every linear layer. For each pair it builds a cache of the
+batch's rows with the real builder, then prints:
+- step time: SFT, DSKD with the live teacher, DSKD from the cache (round-robin medians);
+- peak RSS of a process that runs two live DSKD steps vs one that runs two cached steps,
+  beside the teacher body's weight size;
+- cache bytes per response token, and build throughput vs a plain teacher forward.
+
+    python -m benchmarks.teacher_cache [--batch 4] [--repeats 5] [--pairs demo cross]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
+from axolotl_dskd.cache_collator import DSKDCachedCollator  # noqa: E402
+from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
+from axolotl_dskd.commands import assets  # noqa: E402
+from axolotl_dskd.commands.cache_teacher import write_cache  # noqa: E402
+from axolotl_dskd.commands.cli import DEMO_STUDENT_LAYERS  # noqa: E402
+from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
+from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
+from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
+from axolotl_dskd.tokens.vocab import VocabBridge  # noqa: E402
+from axolotl_dskd.trainer import loss_config  # noqa: E402
+from benchmarks.step_time import batch, timed_together  # noqa: E402
+
+
+def teacher_dir(pair: str) -> Path:
+    return assets.smollm2_instruct() if pair == "demo" else assets.qwen_coder_instruct()
+
+
+def collator_for(pair: str, tokenizer, cache_dir: Path | None) -> DSKDCachedCollator:
+    cache = {"teacher_cache": str(cache_dir)} if cache_dir else {}
+    if pair == "cross":
+        return DSKDCrossTokenizerCollator(
+            tokenizer, padding=True, return_tensors="pt", teacher_tokenizer_path=str(teacher_dir(pair)), **cache
+        )
+    return DSKDCachedCollator(tokenizer, padding=True, return_tensors="pt", **cache)
+
+
+def setup(pair: str, size: int, cache_dir: Path | None):
+    """(student, teacher or its cached head, collator, features, DSKD step) for `pair`."""
+    student_dir = assets.truncated_copy(assets.smollm2_instruct(), DEMO_STUDENT_LAYERS)
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    padded = batch(tokenizer, size)
+    features = [
+        {"input_ids": ids[mask].tolist(), "attention_mask": [1] * int(mask.sum()), "labels": labels[mask].tolist()}
+        for ids, mask, labels in zip(
+            padded["input_ids"], padded["attention_mask"].bool(), padded["labels"], strict=True
+        )
+    ]
+    cross = pair == "cross"
+    collator = collator_for(pair, tokenizer, cache_dir)
+    if cache_dir:
+        teacher = HeadOnlyTeacher(TeacherCache(cache_dir).head())
+    else:
+        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir(pair), dtype=torch.float32).eval()
+        teacher.requires_grad_(False)
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    student = get_peft_model(student, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")).train()
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir(pair)) if cross else tokenizer
+    step = DistillationStep(
+        student,
+        teacher,
+        loss_config(DSKDTrainingArgsMixin()),
+        vocab_size=len(tokenizer),
+        teacher_vocab_size=len(teacher_tokenizer),
+        bridge=VocabBridge.build(tokenizer, teacher_tokenizer) if cross else None,
+    )
+    return student, teacher, collator, features, step
+
+
+def train_step(step: DistillationStep, student, inputs) -> None:
+    loss, _ = step(student, inputs)
+    loss.backward()
+    student.zero_grad(set_to_none=True)
+    step.zero_grad(set_to_none=True)
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def memory_child(pair: str, size: int, cache_dir: str) -> None:
+    """Two DSKD steps, live or cached; prints as JSON this process's peak RSS in MiB, over
+    its whole life and over the two steps alone (the peak is reset after setup, so the
+    projector's pinv init, alike in both, does not hide what the steps hold)."""
+    student, _, collator, features, step = setup(pair, size, Path(cache_dir) if cache_dir else None)
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
+    for _ in range(2):
+        train_step(step, student, collator(features))
+    whole = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"whole": whole, "steps": _status_mib("VmHWM")}))
+
+
+def peak_rss(pair: str, size: int, cache_dir: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.teacher_cache", "--memory-child", pair, "--batch", str(size)]
+    result = subprocess.run([*command, "--cache", cache_dir], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(pair: str, size: int, repeats: int) -> None:
+    student, teacher, collator, features, live_step = setup(pair, size, None)
+    cross = pair == "cross"
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_dir = Path(tmp)
+        start = time.perf_counter()
+        options = argparse.Namespace(shard_rows=1024, batch_size=size, dtype="bfloat16")
+        write_cache(cache_dir, teacher, collator, {"train": Dataset.from_list(features)}, options, {}, cross)
+        build_seconds = time.perf_counter() - start
+        cached_collator = collator_for(pair, collator.tokenizer, cache_dir)
+        cached_step = DistillationStep(
+            student,
+            HeadOnlyTeacher(TeacherCache(cache_dir).head()),
+            live_step.loss_cfg,
+            vocab_size=live_step.head_loss.student_vocab,
+            teacher_vocab_size=live_step.head_loss.teacher_vocab,
+            bridge=live_step.bridge,
+        )
+        live_inputs, cached_inputs = collator(features), cached_collator(features)
+        teacher_ids = "teacher_input_ids" if cross else "input_ids"
+        teacher_mask = "teacher_attention_mask" if cross else "attention_mask"
+
+        def sft() -> None:
+            student(**{k: live_inputs[k] for k in ("input_ids", "attention_mask", "labels")}).loss.backward()
+            student.zero_grad(set_to_none=True)
+
+        def forward() -> None:
+            with torch.no_grad():
+                last_hidden_state(teacher, live_inputs[teacher_ids], live_inputs[teacher_mask])
+
+        times = timed_together(
+            {
+                "sft": sft,
+                "live": lambda: train_step(live_step, student, live_inputs),
+                "cached": lambda: train_step(cached_step, student, cached_inputs),
+                "collate_cached": lambda: cached_collator(features),
+                "teacher_forward": forward,
+            },
+            repeats,
+        )
+        stored_rows = int(cached_inputs["teacher_cached_counts"].sum())
+        cache_bytes = sum(path.stat().st_size for path in cache_dir.glob("train-*"))
+        teacher_tokens = int(live_inputs[teacher_mask].sum())
+        live_rss = peak_rss(pair, size, "")
+        cached_rss = peak_rss(pair, size, str(cache_dir))
+    body_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
+    body_mib -= output_head(teacher).numel() * output_head(teacher).element_size() / 2**20
+    name = "SmolLM2-135M-Instruct" if pair == "demo" else "Qwen2.5-Coder-0.5B-Instruct (cross-tokenizer)"
+    print(f"\n== teacher {name}; student SmolLM2 first {DEMO_STUDENT_LAYERS} layers, LoRA r=16")
+    print(f"batch {size} rows, {stored_rows} cached teacher rows; threads {torch.get_num_threads()}")
+    print(f"SFT step                    {times['sft']:8.3f} s")
+    print(f"DSKD step, live teacher     {times['live']:8.3f} s   {times['live'] / times['sft']:.2f}x SFT")
+    print(f"DSKD step, teacher cache    {times['cached']:8.3f} s   {times['cached'] / times['sft']:.2f}x SFT")
+    print(f"  of which cached collation {times['collate_cached']:8.3f} s (bfloat16 rows read and concatenated)")
+    print(f"cached / live step time: {times['cached'] / times['live']:.2f}x")
+    print(f"peak RSS (MiB)        over the two steps   whole process; teacher body weights (fp32) {body_mib:.0f} MiB")
+    for label, rss in (("live teacher", live_rss), ("teacher cache", cached_rss)):
+        print(f"  {label:<19} {rss['steps']:8.0f}          {rss['whole']:8.0f}")
+    saved = {key: live_rss[key] - cached_rss[key] for key in ("steps", "whole")}
+    print(f"  cache saves         {saved['steps']:8.0f}          {saved['whole']:8.0f}")
+    print(f"cache size: {cache_bytes / stored_rows:.0f} bytes per cached response token (bfloat16)")
+    print(
+        f"build: {stored_rows / build_seconds:.0f} cached rows/s ({teacher_tokens / build_seconds:.0f} teacher "
+        f"tokens/s, first call included); plain teacher forward: {teacher_tokens / times['teacher_forward']:.0f} "
+        "teacher tokens/s"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pairs", nargs="+", choices=("demo", "cross"), default=["demo", "cross"])
+    parser.add_argument("--memory-child", choices=("demo", "cross"), help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.batch, args.cache)
+        return
+    for pair in args.pairs:
+        measure(pair, args.batch, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
