@@ -6,8 +6,9 @@ memory from Axolotl's own logs; then DSKD vs SFT throughput and memory side by s
 
     python benchmarks/gpu_check.py [--out outputs/gpu_check] [--steps 12] [--dry-run]
 
-Checks: plain SFT (bf16, flash-attention 2), DSKD same vocabulary (bf16, FA2), DSKD
-across tokenizers (bf16, FA2), QLoRA student with a 4-bit teacher (CUDA bitsandbytes),
+Checks: plain SFT (bf16, flash-attention 2), DSKD same vocabulary (bf16, FA2), the same
+from a teacher cache (built first by `axolotl-dskd cache-teacher`), DSKD across tokenizers
+(bf16, FA2), QLoRA student with a 4-bit teacher (CUDA bitsandbytes),
 DeepSpeed ZeRO-2 (LoRA), ZeRO-3 and FSDP2 (full fine-tune; the shipped ZeRO-3 JSON and
 the example YAML's fsdp_config) over every visible GPU, and the fast failures of a 4-bit
 teacher under ZeRO-3 and of FSDP1 (not supported: they must stop before any model loads,
@@ -55,6 +56,7 @@ def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | 
     return {
         "sft_bf16_fa2": (sft, 1, None),
         "dskd_bf16_fa2": (base, 1, None),
+        "dskd_teacher_cache_bf16_fa2": (base | {"dskd_teacher_cache": str(out / "teacher_cache")}, 1, None),
         "dskd_cross_tokenizer_bf16_fa2": (cross, 1, None),
         "dskd_qlora_4bit_teacher": (qlora, 1, None),
         "dskd_deepspeed_zero2": (base | {"deepspeed": str(ZERO2)}, gpus, None),
@@ -83,6 +85,13 @@ def run(name: str, cfg: dict[str, Any], processes: int, expected_error: str | No
     cfg = cfg | {"output_dir": str(out / name)}
     path = out / f"{name}.yml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    if cfg.get("dskd_teacher_cache"):
+        built = subprocess.run(
+            [str(BIN / "axolotl-dskd"), "cache-teacher", str(path)], env=offline_env(), capture_output=True, text=True
+        )
+        (out / f"{name}.cache.log").write_text(built.stdout + built.stderr)
+        if built.returncode != 0:
+            return {"ok": False, "note": f"cache-teacher exit {built.returncode}, see {out / name}.cache.log"}
     command = [str(BIN / "accelerate"), "launch", "--num_processes", str(processes), "-m", "axolotl.cli.train"]
     result = subprocess.run([*command, str(path)], env=offline_env(), capture_output=True, text=True)
     (out / f"{name}.log").write_text(result.stdout + result.stderr)
@@ -132,6 +141,11 @@ def main() -> int:
         print(f"DSKD / SFT tokens per second: {dskd['tokens_per_s'] / sft['tokens_per_s']:.2f}x")
     if sft.get("peak_gib") and dskd.get("peak_gib"):
         print(f"DSKD / SFT peak GPU memory: {dskd['peak_gib'] / sft['peak_gib']:.2f}x")
+    cached = results["dskd_teacher_cache_bf16_fa2"]
+    if sft.get("tokens_per_s") and cached.get("tokens_per_s"):
+        print(f"cached DSKD / SFT tokens per second: {cached['tokens_per_s'] / sft['tokens_per_s']:.2f}x")
+    if cached.get("peak_gib") and dskd.get("peak_gib"):
+        print(f"cached / live DSKD peak GPU memory: {cached['peak_gib'] / dskd['peak_gib']:.2f}x")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return 0 if all(result["ok"] for result in results.values()) else 1
 
