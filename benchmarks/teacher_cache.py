@@ -8,13 +8,17 @@ batch's rows with the real builder, then prints:
 - peak RSS of a process that runs two live DSKD steps vs one that runs two cached steps,
   beside the teacher body's weight size;
 - cache bytes per response token, and build throughput vs a plain teacher forward.
+Then (`--drift-steps`, demo pair) it trains the same LoRA student from a float32 and from
+a bfloat16 cache of the same rows and prints how far the losses and the final LoRA and
+projector weights move apart.
 
-    python -m benchmarks.teacher_cache [--batch 4] [--repeats 5] [--pairs demo cross]
+    python -m benchmarks.teacher_cache [--batch 4] [--repeats 5] [--pairs demo cross] [--drift-steps 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -191,11 +195,69 @@ def measure(pair: str, size: int, repeats: int) -> None:
     )
 
 
+def _train(step_parts, init_state, dtype: str | None, steps: int, size: int) -> tuple[list[float], dict]:
+    """`steps` AdamW steps (the demo's lr) from a `dtype` cache of the rows, or from the
+    live teacher (`dtype` None); (losses, the trained LoRA and projector weights)."""
+    student, teacher, collator, features = step_parts
+    with tempfile.TemporaryDirectory() as tmp:
+        if dtype is not None:
+            options = argparse.Namespace(shard_rows=1024, batch_size=size, dtype=dtype)
+            write_cache(Path(tmp), teacher, collator, {"train": Dataset.from_list(features)}, options, {}, False)
+        student.load_state_dict(init_state)
+        step = DistillationStep(
+            student,
+            teacher if dtype is None else HeadOnlyTeacher(TeacherCache(tmp).head()),
+            loss_config(DSKDTrainingArgsMixin()),
+            vocab_size=len(collator.tokenizer),
+        )
+        collate = collator_for("demo", collator.tokenizer, None if dtype is None else Path(tmp))
+        trained = [p for p in student.parameters() if p.requires_grad] + list(step.parameters())
+        optimizer = torch.optim.AdamW(trained, lr=5e-4)
+        losses = []
+        for index in range(steps):
+            rows = features[(index % 2) * size : (index % 2 + 1) * size]
+            loss, _ = step(student, collate([dict(row) for row in rows]))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        weights = {name: p.detach().clone() for name, p in student.named_parameters() if p.requires_grad}
+        weights["t2s_projector"] = step.t2s_projector.weight.detach().clone()
+    return losses, weights
+
+
+def drift(size: int, steps: int) -> None:
+    """bfloat16 vs float32 storage over a short LoRA run on the demo pair (2 batches of
+    `size` rows, alternating), from the same initial weights; beside it, float32 storage vs
+    the live teacher: the noise floor (the cache ran the teacher on other batches, so its
+    rows differ from the live ones in the last bits, which Adam amplifies)."""
+    student, teacher, collator, features, start_step = setup("demo", 2 * size, None)
+    init_state = copy.deepcopy(student.state_dict())
+    parts = (student, teacher, collator, features)
+    runs = {dtype: _train(parts, init_state, dtype, steps, size) for dtype in ("float32", "bfloat16", None)}
+    initial = {name: init_state[name] for name in runs["float32"][1] if name != "t2s_projector"}
+    initial["t2s_projector"] = start_step.t2s_projector.weight.detach().clone()
+    lora = [name for name in initial if "lora_" in name]
+    print(f"\n== cache storage: {steps} LoRA steps on the demo pair, batches of {size} rows, from the same start")
+    first = {dtype or "live": f"{run[0][0]:.6f}" for dtype, run in runs.items()}
+    print(f"first loss: {first}")
+    for label, (a, b) in (("bfloat16 vs float32", ("bfloat16", "float32")), ("float32 vs live", ("float32", None))):
+        (losses_a, weights_a), (losses_b, weights_b) = runs[a], runs[b]
+        loss_gap = max(abs(x - y) / abs(y) for x, y in zip(losses_a, losses_b, strict=True))
+        line = f"{label:<20} largest relative loss difference {loss_gap:.2e}"
+        for part, names in (("LoRA", lora), ("projector", ["t2s_projector"])):
+            gap = sum(float((weights_a[n] - weights_b[n]).pow(2).sum()) for n in names) ** 0.5
+            moved = sum(float((weights_b[n] - initial[n]).pow(2).sum()) for n in names) ** 0.5
+            line += f"; {part} weights apart by {gap / moved:.1e} of their training update"
+        print(line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--pairs", nargs="+", choices=("demo", "cross"), default=["demo", "cross"])
+    parser.add_argument("--pairs", nargs="*", choices=("demo", "cross"), default=["demo", "cross"])
+    parser.add_argument("--drift-steps", type=int, default=10, help="bfloat16 vs float32 run length (0 = skip)")
     parser.add_argument("--memory-child", choices=("demo", "cross"), help=argparse.SUPPRESS)
     parser.add_argument("--cache", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -204,6 +266,8 @@ def main() -> None:
         return
     for pair in args.pairs:
         measure(pair, args.batch, args.repeats)
+    if args.drift_steps:
+        drift(args.batch, args.drift_steps)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,18 @@ def _load_cfg_without_cache(config: str) -> tuple[Any, str | None]:
         os.unlink(handle.name)
 
 
+def _padding(cfg: Any) -> dict[str, int]:
+    """Axolotl's rule for padding a training batch (a multiple of 64 by default, the whole
+    `sequence_len` with `pad_to_sequence_len`): the teacher then reads each row in the
+    shape training gives it."""
+    multiple = cfg.get("pad_to_multiple_of") or 64
+    if cfg.get("pad_to_sequence_len"):
+        return {"pad_to_multiple_of": multiple * math.ceil(cfg.sequence_len / multiple)}
+    if cfg.get("pad_to_sequence_len") is None:
+        return {"pad_to_multiple_of": multiple}
+    return {}
+
+
 def _collator(cfg: Any, tokenizer: Any) -> Any:
     """The collator a training run of `cfg` uses, without a cache to read from."""
     from axolotl_dskd.cache_collator import DSKDCachedCollator
@@ -62,7 +74,7 @@ def _collator(cfg: Any, tokenizer: Any) -> Any:
 
     chosen = DSKDPlugin().get_collator_cls_and_kwargs(cfg)
     collator_cls, kwargs = chosen if chosen else (DSKDCachedCollator, {})
-    return collator_cls(tokenizer, padding=True, return_tensors="pt", **kwargs)
+    return collator_cls(tokenizer, padding=True, return_tensors="pt", **_padding(cfg), **kwargs)
 
 
 def teacher_rows_by_row(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], cross: bool) -> list[torch.Tensor]:
