@@ -153,6 +153,10 @@ def test_cached_teacher_full_run_equals_the_live_run_and_resumes(tiny, tmp_path)
     }
     _train(AXOLOTL, resumed_cfg, tmp_path)
     assert torch.allclose(load_file(resumed_dir / PROJECTOR)["weight"], uninterrupted, atol=1e-5)
+    stale = run_cli(AXOLOTL, cached_cfg | {"sequence_len": 256}, tmp_path / "stale")
+    assert stale.returncode != 0
+    assert "(sequence_len: the cache has 512, this run 256); rebuild it" in stale.stderr
+    assert "Loading weights" not in stale.stdout + stale.stderr
 
 
 def test_cached_teacher_cross_tokenizer_lora_run_reads_the_live_teachers_rows(tiny, tmp_path) -> None:
