@@ -90,15 +90,9 @@ class DSKDTrainer(AxolotlTrainer):
         # compute_loss divides by the global response-token count itself
         self.model_accepts_loss_kwargs = True
         student_head = output_head(self.model)
-        spec = TeacherSpec(
-            path=self.args.dskd_teacher_model,
-            revision=self.args.dskd_teacher_revision,
-            adapter=self.args.dskd_teacher_adapter,
-            adapter_revision=self.args.dskd_teacher_adapter_revision,
-            dtype=resolve_dtype(self.args.dskd_teacher_dtype, student_head.dtype),
-            load_in_8bit=self.args.dskd_teacher_load_in_8bit,
-            load_in_4bit=self.args.dskd_teacher_load_in_4bit,
-            trust_remote_code=self.args.dskd_teacher_trust_remote_code,
+        spec = TeacherSpec.from_settings(
+            self.args,
+            resolve_dtype(self.args.dskd_teacher_dtype, student_head.dtype),
             attn_implementation=self.model.config._attn_implementation,
         )
         self.engine = engines.select(self.accelerator)

@@ -51,6 +51,16 @@ def batch(tokenizer, size: int) -> dict[str, torch.Tensor]:
     }
 
 
+def unpadded(padded: dict[str, torch.Tensor]) -> list[dict[str, list[int]]]:
+    """The rows of a padded batch as a collator receives them."""
+    return [
+        {"input_ids": ids[mask].tolist(), "attention_mask": [1] * int(mask.sum()), "labels": labels[mask].tolist()}
+        for ids, mask, labels in zip(
+            padded["input_ids"], padded["attention_mask"].bool(), padded["labels"], strict=True
+        )
+    ]
+
+
 def reference_tokenizer_dir(name: str):
     assets.reference_tokenizer(name)
     return assets.converted_dir("tokenizers") / name
@@ -151,12 +161,7 @@ def main() -> None:
         out.hidden_states[-1].sum().backward()
         student.zero_grad(set_to_none=True)
 
-    features = [
-        {"input_ids": ids[mask].tolist(), "attention_mask": [1] * int(mask.sum()), "labels": labels[mask].tolist()}
-        for ids, mask, labels in zip(
-            inputs["input_ids"], inputs["attention_mask"].bool(), inputs["labels"], strict=True
-        )
-    ]
+    features = unpadded(inputs)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     collators = {
         "plain (same vocabulary)": DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt"),

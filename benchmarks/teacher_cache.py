@@ -46,7 +46,7 @@ from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa:
 from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
 from axolotl_dskd.tokens.vocab import VocabBridge  # noqa: E402
 from axolotl_dskd.trainer import loss_config  # noqa: E402
-from benchmarks.step_time import batch, timed_together  # noqa: E402
+from benchmarks.step_time import batch, timed_together, unpadded  # noqa: E402
 
 
 def teacher_dir(pair: str) -> Path:
@@ -67,13 +67,7 @@ def setup(pair: str, size: int, cache_dir: Path | None):
     student_dir = assets.truncated_copy(assets.smollm2_instruct(), DEMO_STUDENT_LAYERS)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    padded = batch(tokenizer, size)
-    features = [
-        {"input_ids": ids[mask].tolist(), "attention_mask": [1] * int(mask.sum()), "labels": labels[mask].tolist()}
-        for ids, mask, labels in zip(
-            padded["input_ids"], padded["attention_mask"].bool(), padded["labels"], strict=True
-        )
-    ]
+    features = unpadded(batch(tokenizer, size))
     cross = pair == "cross"
     collator = collator_for(pair, tokenizer, cache_dir)
     if cache_dir:

@@ -22,8 +22,8 @@ import yaml
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from axolotl_dskd.distill.step import Rows
-from axolotl_dskd.distill.teacher import TeacherSpec, last_hidden_state, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.distill.step import Rows, live_teacher_rows
+from axolotl_dskd.distill.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
 from axolotl_dskd.distill.teacher_cache import (
     CACHE_DTYPES,
     HEAD_FILE,
@@ -80,13 +80,7 @@ def _collator(cfg: Any, tokenizer: Any) -> Any:
 def teacher_rows_by_row(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], cross: bool) -> list[torch.Tensor]:
     """The teacher's hidden rows the loss reads, split per batch row, in the loss's order."""
     rows = Rows.build(batch["labels"], batch["dskd_pairs"] if cross else None)
-    prefix = "teacher_" if cross else ""
-    device = output_head(teacher).device
-    with torch.no_grad():
-        hidden = last_hidden_state(
-            teacher, batch[prefix + "input_ids"].to(device), batch[prefix + "attention_mask"].to(device)
-        )
-    return per_row(rows.teacher_rows(hidden), rows.teacher_index[0], batch["labels"].shape[0])
+    return per_row(live_teacher_rows(teacher, batch, rows, cross), rows.teacher_index[0], batch["labels"].shape[0])
 
 
 def build_split(
@@ -116,7 +110,8 @@ def build_split(
         stored: dict[str, torch.Tensor] = {}
         for start in range(first, last, settings.batch_size):
             indices = range(start, min(last, start + settings.batch_size))
-            features = [{column: dataset[i][column] for column in columns} for i in indices]
+            chunk = dataset[indices.start : indices.stop]
+            features = [{column: chunk[column][k] for column in columns} for k in range(len(indices))]
             hidden_rows = teacher_rows_by_row(teacher, collator(features), cross)
             for i, rows in zip(indices, hidden_rows, strict=True):
                 stored.setdefault(keys[i], rows.to("cpu", dtype).clone())
@@ -175,16 +170,7 @@ def cache_teacher(args: argparse.Namespace) -> int:
     data = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    spec = TeacherSpec(
-        path=cfg.dskd_teacher_model,
-        revision=cfg.dskd_teacher_revision,
-        adapter=cfg.dskd_teacher_adapter,
-        adapter_revision=cfg.dskd_teacher_adapter_revision,
-        dtype=resolve_dtype(cfg.dskd_teacher_dtype, cfg.torch_dtype),
-        load_in_8bit=bool(cfg.dskd_teacher_load_in_8bit),
-        load_in_4bit=bool(cfg.dskd_teacher_load_in_4bit),
-        trust_remote_code=bool(cfg.dskd_teacher_trust_remote_code),
-    )
+    spec = TeacherSpec.from_settings(cfg, resolve_dtype(cfg.dskd_teacher_dtype, cfg.torch_dtype))
     write_cache(
         out,
         load_teacher(spec, device),

@@ -80,6 +80,18 @@ class Rows:
         return self._take(hidden, self.teacher_index)
 
 
+@torch.no_grad()
+def live_teacher_rows(teacher: nn.Module, inputs: dict[str, torch.Tensor], rows: Rows, cross: bool) -> torch.Tensor:
+    """The teacher's hidden rows at `rows`, from a forward pass over the batch (its own
+    tokenization of it when the tokenizers differ)."""
+    device = output_head(teacher).device
+    prefix = "teacher_" if cross else ""
+    hidden = last_hidden_state(
+        teacher, inputs[prefix + "input_ids"].to(device), inputs[prefix + "attention_mask"].to(device)
+    )
+    return rows.teacher_rows(hidden)
+
+
 class DistillationStep(nn.Module):
     """Holds the frozen teacher and the projectors; turns a batch into the DSKD loss.
 
@@ -177,22 +189,14 @@ class DistillationStep(nn.Module):
         # keeps every trainable tensor in the graph when a micro-batch has no response token
         return loss + student_hidden.sum() * 0.0, sums, counts
 
-    @torch.no_grad()
     def _teacher_rows(self, inputs: dict[str, torch.Tensor], rows: Rows, cross: bool) -> torch.Tensor:
         """The teacher's hidden rows the loss pairs: read from the batch when it comes from
         a teacher cache, else from a forward pass of the live teacher."""
-        head = output_head(self.teacher)
         if CACHED_ROWS in inputs:
-            return cached_teacher_rows(inputs, rows.teacher_index[0], head.dtype)
+            return cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)
         if isinstance(self.teacher, HeadOnlyTeacher):
             raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
-        prefix = "teacher_" if cross else ""
-        hidden = last_hidden_state(
-            self.teacher,
-            inputs[prefix + "input_ids"].to(head.device),
-            inputs[prefix + "attention_mask"].to(head.device),
-        )
-        return rows.teacher_rows(hidden)
+        return live_teacher_rows(self.teacher, inputs, rows, cross)
 
     def forward(
         self,

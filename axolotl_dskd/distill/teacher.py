@@ -31,6 +31,21 @@ class TeacherSpec:
     trust_remote_code: bool = False
     attn_implementation: str | None = None
 
+    @classmethod
+    def from_settings(cls, settings: object, dtype: torch.dtype, attn_implementation: str | None = None) -> TeacherSpec:
+        """From the dskd_teacher_* keys of an Axolotl config or of the training arguments."""
+        return cls(
+            path=settings.dskd_teacher_model,
+            revision=settings.dskd_teacher_revision,
+            adapter=settings.dskd_teacher_adapter,
+            adapter_revision=settings.dskd_teacher_adapter_revision,
+            dtype=dtype,
+            load_in_8bit=bool(settings.dskd_teacher_load_in_8bit),
+            load_in_4bit=bool(settings.dskd_teacher_load_in_4bit),
+            trust_remote_code=bool(settings.dskd_teacher_trust_remote_code),
+            attn_implementation=attn_implementation,
+        )
+
 
 def resolve_dtype(setting: str, student_dtype: torch.dtype) -> torch.dtype:
     """`auto` means the student's compute dtype."""
