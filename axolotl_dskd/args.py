@@ -20,6 +20,7 @@ from axolotl_dskd.distill.teacher_cache import CACHE_DTYPES, Manifest, TeacherCa
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
+from axolotl_dskd.packing import ISOLATING_ATTENTION
 
 METHODS = ("dskd", "vanilla_kd")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -28,7 +29,6 @@ ALIGNMENTS = ("exact", "eta_strict")
 
 # Axolotl features that replace the logits/loss path the plugin relies on.
 INCOMPATIBLE_FLAGS = {
-    "sample_packing": "packed rows mix several samples in one sequence; set sample_packing: false",
     "cut_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
     "rl": "DSKD is a supervised fine-tuning loss; remove rl",
@@ -152,9 +152,22 @@ def check_settings(cfg: Any) -> None:
     check_cpu_processes(cfg)
     check_deepspeed(cfg)
     check_fsdp(cfg)
+    check_packing(cfg)
     for flag, why in INCOMPATIBLE_FLAGS.items():
         if getattr(cfg, flag, None):
             raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
+
+
+def check_packing(cfg: Any) -> None:
+    """Packed rows are kept apart by their position ids alone (the plugin's collators drop
+    the attention mask), which only the attention implementations below honour."""
+    attention = getattr(cfg, "attn_implementation", None)
+    packing = [key for key in ("sample_packing", "eval_sample_packing") if getattr(cfg, key, None)]
+    if packing and attention is not None and attention not in ISOLATING_ATTENTION:
+        raise DSKDConfigError(
+            f"{packing[0]}: attn_implementation {attention!r} cannot keep packed rows from attending to each other "
+            f"under axolotl_dskd; use one of: {', '.join(ISOLATING_ATTENTION)}, or set {packing[0]}: false"
+        )
 
 
 def deepspeed_stage(cfg: Any) -> int | None:

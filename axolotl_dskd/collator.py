@@ -5,9 +5,12 @@ into runs of masked (prompt, system, user turns) and trained (response) tokens; 
 text is recovered exactly from the student's token bytes, re-tokenized with the teacher
 tokenizer, and the trained runs are aligned token by token. The batch gains:
 
-- `teacher_input_ids`, `teacher_attention_mask`, `teacher_labels` (teacher pad id / -100);
+- `teacher_input_ids`, `teacher_labels` (teacher pad id / -100), and
+  `teacher_attention_mask`, or `teacher_position_ids` when the student's rows are packed:
+  the teacher's rows are then packed in the same order, each restarting its positions;
 - `dskd_pairs` [pairs, 3]: (row, student label position, teacher label position), in
-  the causal-shift coordinates of `labels[:, 1:]`.
+  the causal-shift coordinates of `labels[:, 1:]`; rows are aligned one by one, so no
+  pair crosses a packed row's boundary.
 
 Rows of an `axolotl_dskd.chat_template` dataset already carry the teacher's own rendering
 (`teacher_input_ids`, `teacher_labels`); then only the alignment is done here.
@@ -21,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from axolotl_dskd.cache_collator import DSKDCachedCollator
+from axolotl_dskd.packing import bins_of, is_packed, packed_row
+from axolotl_dskd.row_collator import DSKDRowCollator
 from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat
 from axolotl_dskd.tokens.vocab import load_tokenizer, marker_free_table, token_bytes_table
 
@@ -75,7 +79,7 @@ def _split_utf8(data: bytes) -> tuple[str, bytes]:
 
 
 @dataclass
-class DSKDCrossTokenizerCollator(DSKDCachedCollator):
+class DSKDCrossTokenizerCollator(DSKDRowCollator):
     """Pads the student fields as Axolotl does (adding cached teacher rows when there is a
     cache), then adds the teacher's view of each row."""
 
@@ -192,28 +196,61 @@ class DSKDCrossTokenizerCollator(DSKDCachedCollator):
         )
         return shifted[(shifted[:, 1:] >= 0).all(axis=1)]
 
-    def __call__(self, features: list[dict[str, Any]], return_tensors: str | None = None) -> dict[str, Any]:
-        if features and isinstance(features[0], list):
-            return super().__call__(features, return_tensors)  # rejects packed batches
-        if features and "teacher_input_ids" in features[0]:
-            rows = [
-                self.rendered_teacher_row(
-                    list(f["input_ids"]), list(f["labels"]), list(f["teacher_input_ids"]), list(f["teacher_labels"])
-                )
-                for f in features
+    def teacher_view(self, row: dict[str, Any]) -> TeacherRow:
+        """The teacher's row for one student row: its own rendering when the dataset carries
+        one (`dskd_teacher_chat_template`), else re-tokenized from the student's bytes."""
+        if "teacher_input_ids" in row:
+            return self.rendered_teacher_row(
+                list(row["input_ids"]), list(row["labels"]), list(row["teacher_input_ids"]), list(row["teacher_labels"])
+            )
+        return self.teacher_row(list(row["input_ids"]), list(row["labels"]))
+
+    def teacher_fields(
+        self, teacher_bins: list[list[TeacherRow]], student_lengths: list[list[int]], packed: bool
+    ) -> dict[str, torch.Tensor]:
+        """The teacher's side of the batch: each bin's teacher rows laid end to end in the
+        student's order (one row per bin when unpacked), padded, and the pairs moved from
+        each row's own coordinates to its place in the batch, so none crosses a row."""
+        flat_rows = [row for rows in teacher_bins for row in rows]
+        pairs = self.aligned_pairs(flat_rows)
+        batch_row, student_offset, teacher_offset = [], [], []
+        for index, (rows, lengths) in enumerate(zip(teacher_bins, student_lengths, strict=True)):
+            batch_row += [index] * len(rows)
+            student_offset += np.cumsum([0, *lengths[:-1]]).tolist()
+            teacher_offset += np.cumsum([0, *(len(row.input_ids) for row in rows[:-1])]).tolist()
+        row_of_pair = pairs[:, 0]
+        pairs = np.column_stack(
+            [
+                np.asarray(batch_row, dtype=np.int64)[row_of_pair],
+                pairs[:, 1] + np.asarray(student_offset, dtype=np.int64)[row_of_pair],
+                pairs[:, 2] + np.asarray(teacher_offset, dtype=np.int64)[row_of_pair],
             ]
-            features = [{k: v for k, v in f.items() if k not in TEACHER_COLUMNS} for f in features]
-        else:
-            rows = [self.teacher_row(list(f["input_ids"]), list(f["labels"])) for f in features]
-        batch = super().__call__(features, return_tensors)
-        width = max(len(row.input_ids) for row in rows)
+        )
+        laid = [packed_row([vars(row) for row in rows]) for rows in teacher_bins]
+        width = max(len(row["input_ids"]) for row in laid)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         pad = self._state["teacher_pad"]
-        batch["teacher_input_ids"] = torch.tensor([r.input_ids + [pad] * (width - len(r.input_ids)) for r in rows])
-        batch["teacher_attention_mask"] = torch.tensor(
-            [[1] * len(r.input_ids) + [0] * (width - len(r.input_ids)) for r in rows]
-        )
-        batch["teacher_labels"] = torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in rows])
-        batch["dskd_pairs"] = torch.from_numpy(self.aligned_pairs(rows))
+        fields = {
+            "teacher_input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in laid]),
+            "teacher_labels": torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in laid]),
+            "dskd_pairs": torch.from_numpy(pairs),
+        }
+        if packed:  # the padded tail restarts its positions too, as Axolotl pads them
+            positions = [r["position_ids"] + list(range(width - len(r["position_ids"]))) for r in laid]
+            fields["teacher_position_ids"] = torch.tensor(positions)
+        else:
+            fields["teacher_attention_mask"] = torch.tensor(
+                [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in laid]
+            )
+        return fields
+
+    def __call__(self, features: list[Any], return_tensors: str | None = None) -> dict[str, Any]:
+        bins = bins_of(features)
+        teacher_bins = [[self.teacher_view(row) for row in rows] for rows in bins]
+        student_lengths = [[len(row["input_ids"]) for row in rows] for rows in bins]
+        student_bins = [[{k: v for k, v in row.items() if k not in TEACHER_COLUMNS} for row in rows] for rows in bins]
+        packed = is_packed(features)
+        batch = super().__call__(student_bins if packed else [rows[0] for rows in student_bins], return_tensors)
+        batch.update(self.teacher_fields(teacher_bins, student_lengths, packed))
         return batch

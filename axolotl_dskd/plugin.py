@@ -50,18 +50,17 @@ class DSKDPlugin(BasePlugin):
 
         return DSKDTrainer
 
-    def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict[str, Any]] | None:
-        """Cross-tokenizer runs need the teacher's tokenization of each row, cached runs the
-        cached teacher rows of each row; else keep Axolotl's collator."""
+    def get_collator_cls_and_kwargs(self, cfg: Any, is_eval: bool = False) -> tuple[type, dict[str, Any]]:
+        """The plugin's collators pad as Axolotl does and pack multipack bins so packed rows
+        stay apart; cross-tokenizer runs also need the teacher's tokenization of each row,
+        cached runs the cached teacher rows of each row."""
         from axolotl_dskd.vocabularies import teacher_tokenizer_path, teacher_tokenizer_revision
 
         cache = {"teacher_cache": cfg.dskd_teacher_cache} if cfg.dskd_teacher_cache else {}
         if not cfg.dskd_cross_tokenizer:
-            if not cache:
-                return None
-            from axolotl_dskd.cache_collator import DSKDCachedCollator
+            from axolotl_dskd.row_collator import DSKDRowCollator
 
-            return DSKDCachedCollator, cache
+            return DSKDRowCollator, cache
         from axolotl_dskd.collator import DSKDCrossTokenizerCollator
 
         return DSKDCrossTokenizerCollator, cache | {

@@ -30,6 +30,7 @@ from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch  # noqa
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
 from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
 from axolotl_dskd.loss.chunked import chunked_loss  # noqa: E402
+from axolotl_dskd.packing import model_inputs  # noqa: E402
 from axolotl_dskd.trainer import loss_config  # noqa: E402
 
 ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{}\n\n### Response:\n"  # noqa: E501
@@ -131,11 +132,11 @@ def main() -> None:
 
     def teacher_forward() -> None:
         with torch.no_grad():
-            last_hidden_state(teacher, inputs["input_ids"], inputs["attention_mask"])
+            last_hidden_state(teacher, model_inputs(inputs, "", teacher.device))
 
     response = inputs["labels"][:, 1:] != -100
     with torch.no_grad():
-        teacher_rows = last_hidden_state(teacher, inputs["input_ids"], inputs["attention_mask"])[:, :-1][response]
+        teacher_rows = last_hidden_state(teacher, model_inputs(inputs, "", teacher.device))[:, :-1][response]
     student_rows = torch.randn(n_loss_tokens, teacher_rows.shape[1], requires_grad=True)
     response_labels = inputs["labels"][:, 1:][response]
 

@@ -36,7 +36,6 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
-from axolotl_dskd.cache_collator import DSKDCachedCollator  # noqa: E402
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.commands.cache_teacher import write_cache  # noqa: E402
@@ -44,6 +43,8 @@ from axolotl_dskd.commands.cli import DEMO_STUDENT_LAYERS  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
 from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
 from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
+from axolotl_dskd.packing import model_inputs  # noqa: E402
+from axolotl_dskd.row_collator import DSKDRowCollator  # noqa: E402
 from axolotl_dskd.tokens.vocab import VocabBridge  # noqa: E402
 from axolotl_dskd.trainer import loss_config  # noqa: E402
 from benchmarks.step_time import batch, timed_together, unpadded  # noqa: E402
@@ -53,13 +54,13 @@ def teacher_dir(pair: str) -> Path:
     return assets.smollm2_instruct() if pair == "demo" else assets.qwen_coder_instruct()
 
 
-def collator_for(pair: str, tokenizer, cache_dir: Path | None) -> DSKDCachedCollator:
+def collator_for(pair: str, tokenizer, cache_dir: Path | None) -> DSKDRowCollator:
     cache = {"teacher_cache": str(cache_dir)} if cache_dir else {}
     if pair == "cross":
         return DSKDCrossTokenizerCollator(
             tokenizer, padding=True, return_tensors="pt", teacher_tokenizer_path=str(teacher_dir(pair)), **cache
         )
-    return DSKDCachedCollator(tokenizer, padding=True, return_tensors="pt", **cache)
+    return DSKDRowCollator(tokenizer, padding=True, return_tensors="pt", **cache)
 
 
 def setup(pair: str, size: int, cache_dir: Path | None):
@@ -140,8 +141,6 @@ def measure(pair: str, size: int, repeats: int) -> None:
             bridge=live_step.bridge,
         )
         live_inputs, cached_inputs = collator(features), cached_collator(features)
-        teacher_ids = "teacher_input_ids" if cross else "input_ids"
-        teacher_mask = "teacher_attention_mask" if cross else "attention_mask"
 
         def sft() -> None:
             student(**{k: live_inputs[k] for k in ("input_ids", "attention_mask", "labels")}).loss.backward()
@@ -149,7 +148,7 @@ def measure(pair: str, size: int, repeats: int) -> None:
 
         def forward() -> None:
             with torch.no_grad():
-                last_hidden_state(teacher, live_inputs[teacher_ids], live_inputs[teacher_mask])
+                last_hidden_state(teacher, model_inputs(live_inputs, "teacher_" if cross else "", teacher.device))
 
         times = timed_together(
             {
@@ -163,7 +162,7 @@ def measure(pair: str, size: int, repeats: int) -> None:
         )
         stored_rows = int(cached_inputs["teacher_cached_counts"].sum())
         cache_bytes = sum(path.stat().st_size for path in cache_dir.glob("train-*"))
-        teacher_tokens = int(live_inputs[teacher_mask].sum())
+        teacher_tokens = int(live_inputs["teacher_attention_mask" if cross else "attention_mask"].sum())
         live_rss = peak_rss(pair, size, "")
         cached_rss = peak_rss(pair, size, str(cache_dir))
     body_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20

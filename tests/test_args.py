@@ -40,6 +40,12 @@ def test_defaults_follow_dskdv2(tiny, tmp_path) -> None:
     assert cfg.dskd_teacher_trust_remote_code is False
 
 
+@pytest.mark.parametrize("attention", [None, "sdpa", "eager"])
+def test_sample_packing_is_accepted_where_position_ids_keep_rows_apart(tiny, tmp_path, attention) -> None:
+    cfg = _validate(tiny, tmp_path, sample_packing=True, attn_implementation=attention)
+    assert cfg.sample_packing
+
+
 def test_training_args_mixin_carries_every_key_with_its_default() -> None:
     mixin = DSKDTrainingArgsMixin()
     assert {key: getattr(mixin, key) for key in DSKD_KEYS} == DSKDArgs.model_construct(
@@ -74,8 +80,8 @@ BAD_SETTINGS = [
         "dskd_teacher_load_in_4bit and dskd_teacher_load_in_8bit are both true; choose one",
     ),
     (
-        {"sample_packing": True},
-        "sample_packing: not supported with axolotl_dskd.DSKDPlugin, because packed rows mix several samples",
+        {"sample_packing": True, "attn_implementation": "xformers"},
+        "sample_packing: attn_implementation 'xformers' cannot keep packed rows from attending to each other",
     ),
     ({"rl": "dpo"}, "rl: not supported with axolotl_dskd.DSKDPlugin, because DSKD is a supervised fine-tuning loss"),
     (
@@ -193,7 +199,6 @@ def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> Non
     unknown = [key for key in cfg if key.startswith("dskd_") and key not in DSKD_KEYS]
     assert not unknown, unknown
     check_settings(DSKDArgs.model_construct(**{key: cfg[key] for key in cfg if key in DSKD_KEYS}))
-    assert not cfg.get("sample_packing")
     if "deepspeed" in cfg:  # the shipped JSON, as launched from the repository root
         from axolotl_dskd.args import check_deepspeed
 

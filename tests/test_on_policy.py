@@ -28,7 +28,8 @@ def test_prompts_stop_at_the_first_trained_label_and_drop_padding() -> None:
     input_ids = torch.tensor([[5, 6, 7, 8, 9, PAD], [5, 6, 7, 8, 4, 9]])
     attention_mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
     labels = torch.tensor([[-100, -100, 7, 8, 9, -100], [-100, -100, -100, -100, 4, 9]])
-    assert prompts(input_ids, attention_mask, labels) == [[5, 6], [5, 6, 7, 8]]
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    assert prompts(batch) == [[5, 6], [5, 6, 7, 8]]
 
 
 def test_left_padding_puts_every_prompt_against_the_last_column() -> None:

@@ -14,6 +14,7 @@ from axolotl_dskd.distill.teacher import last_hidden_state, output_head
 from axolotl_dskd.loss.chunked import chunked_loss
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.terms import LossTerms
+from axolotl_dskd.packing import model_inputs
 
 
 def _batch(tokenizer, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
@@ -45,7 +46,7 @@ def _term_loss(step: DistillationStep, student, batch, term: str) -> torch.Tenso
     """One loss term alone, differentiable (its weight 1, every other term's 0)."""
     rows = Rows.build(batch["labels"])
     hidden = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    teacher_hidden = last_hidden_state(step.teacher, batch["input_ids"], batch["attention_mask"])
+    teacher_hidden = last_hidden_state(step.teacher, model_inputs(batch, "", step.teacher.device))
     only_term = LossTerms(*(float(name == term) for name in LossTerms.names()))
     loss, _, _ = chunked_loss(
         rows.student_rows(hidden.hidden_states[-1]),

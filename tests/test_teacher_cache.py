@@ -11,7 +11,6 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.cache_collator import DSKDCachedCollator
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator
 from axolotl_dskd.commands.cache_teacher import write_cache
 from axolotl_dskd.distill.step import DistillationStep
@@ -26,6 +25,7 @@ from axolotl_dskd.distill.teacher_cache import (
     row_key,
 )
 from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.row_collator import DSKDRowCollator
 from axolotl_dskd.tokens.vocab import VocabBridge, load_tokenizer
 from tests.test_args import _error
 
@@ -46,7 +46,7 @@ def _features(tokenizer, data, rows: int) -> list[dict[str, list[int]]]:
     return features
 
 
-def _collator(tiny, cross: bool, cache: str = "") -> DSKDCachedCollator:
+def _collator(tiny, cross: bool, cache: str = "") -> DSKDRowCollator:
     if cross:
         return DSKDCrossTokenizerCollator(
             tiny.tokenizer,
@@ -55,7 +55,7 @@ def _collator(tiny, cross: bool, cache: str = "") -> DSKDCachedCollator:
             teacher_tokenizer_path=str(tiny.cross_teacher),
             teacher_cache=cache,
         )
-    return DSKDCachedCollator(tiny.tokenizer, padding=True, return_tensors="pt", teacher_cache=cache)
+    return DSKDRowCollator(tiny.tokenizer, padding=True, return_tensors="pt", teacher_cache=cache)
 
 
 def _build(tiny, teacher, features, out, cross: bool, dtype: str = "float32") -> None:

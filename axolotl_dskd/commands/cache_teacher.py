@@ -69,11 +69,9 @@ def _padding(cfg: Any) -> dict[str, int]:
 
 def _collator(cfg: Any, tokenizer: Any) -> Any:
     """The collator a training run of `cfg` uses, without a cache to read from."""
-    from axolotl_dskd.cache_collator import DSKDCachedCollator
     from axolotl_dskd.plugin import DSKDPlugin
 
-    chosen = DSKDPlugin().get_collator_cls_and_kwargs(cfg)
-    collator_cls, kwargs = chosen if chosen else (DSKDCachedCollator, {})
+    collator_cls, kwargs = DSKDPlugin().get_collator_cls_and_kwargs(cfg)
     return collator_cls(tokenizer, padding=True, return_tensors="pt", **_padding(cfg), **kwargs)
 
 

@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
+from axolotl_dskd.packing import batch_is_packed, sub_rows
 
 IGNORE_INDEX = -100
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
@@ -51,14 +52,26 @@ class OnPolicyConfig:
         return random.Random(f"{self.seed}:{global_step}:{micro_batch}").random() < self.ratio
 
 
-def prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
-    """Each row's tokens before its first trained label (its padding dropped)."""
-    rows = []
-    for ids, mask, row_labels in zip(input_ids.tolist(), attention_mask.tolist(), labels.tolist(), strict=True):
-        real = [token for token, keep in zip(ids, mask, strict=True) if keep]
-        trained = [k for k, label in enumerate(row_labels[: len(real)]) if label != IGNORE_INDEX]
-        rows.append(real[: trained[0]] if trained else real)
-    return rows
+def prompts(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    """Each row's tokens before its first trained label, without padding. A packed batch
+    is cut into the rows packed in it; there a row with nothing trained (a padded tail)
+    gives no prompt."""
+    labels = batch["labels"].tolist()
+    if batch_is_packed(batch):
+        packed = zip(batch["input_ids"].tolist(), labels, sub_rows(batch["position_ids"]), strict=True)
+        rows = [(ids[start:end], row_labels[start:end]) for ids, row_labels, spans in packed for start, end in spans]
+        rows = [(ids, row_labels) for ids, row_labels in rows if any(label != IGNORE_INDEX for label in row_labels)]
+    else:
+        masks = batch["attention_mask"].tolist()
+        rows = [
+            ([token for token, keep in zip(ids, mask, strict=True) if keep], row_labels)
+            for ids, mask, row_labels in zip(batch["input_ids"].tolist(), masks, labels, strict=True)
+        ]
+    prompt_rows = []
+    for ids, row_labels in rows:
+        trained = [k for k, label in enumerate(row_labels[: len(ids)]) if label != IGNORE_INDEX]
+        prompt_rows.append(ids[: trained[0]] if trained else ids)
+    return prompt_rows
 
 
 def left_padded(prompt_rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +151,6 @@ def sampled_batch(
     synced: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The on-policy twin of a gold micro-batch, collated like a gold batch."""
-    prompt_rows = prompts(gold["input_ids"], gold["attention_mask"], gold["labels"])
+    prompt_rows = prompts(gold)
     generated = sample(model, prompt_rows, cfg, pad_id, eos_id, max_length, seed, synced)
     return collate(sampled_rows(prompt_rows, generated, eos_id))

@@ -29,6 +29,7 @@ from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.loss.terms import Counts, LossTerms
+from axolotl_dskd.packing import model_inputs
 from axolotl_dskd.tokens.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ IGNORE_INDEX = -100
 TEACHER_FIELDS = (
     "teacher_input_ids",
     "teacher_attention_mask",
+    "teacher_position_ids",
     "teacher_labels",
     "dskd_pairs",
     CACHED_ROWS,
@@ -84,12 +86,8 @@ class Rows:
 def live_teacher_rows(teacher: nn.Module, inputs: dict[str, torch.Tensor], rows: Rows, cross: bool) -> torch.Tensor:
     """The teacher's hidden rows at `rows`, from a forward pass over the batch (its own
     tokenization of it when the tokenizers differ)."""
-    device = output_head(teacher).device
-    prefix = "teacher_" if cross else ""
-    hidden = last_hidden_state(
-        teacher, inputs[prefix + "input_ids"].to(device), inputs[prefix + "attention_mask"].to(device)
-    )
-    return rows.teacher_rows(hidden)
+    teacher_inputs = model_inputs(inputs, "teacher_" if cross else "", output_head(teacher).device)
+    return rows.teacher_rows(last_hidden_state(teacher, teacher_inputs))
 
 
 class DistillationStep(nn.Module):

@@ -116,10 +116,11 @@ def with_adapter(model: PreTrainedModel, spec: TeacherSpec, merge: bool) -> PreT
     return adapted.merge_and_unload() if merge else adapted.get_base_model()
 
 
-def last_hidden_state(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Post-final-norm hidden states [B, L, D], without computing any logits."""
+def last_hidden_state(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Post-final-norm hidden states [B, L, D] of `inputs` (ids with an attention mask or
+    packed position ids), without computing any logits."""
     body = getattr(model, model.base_model_prefix)
-    return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return body(**inputs, use_cache=False).last_hidden_state
 
 
 def output_head(model: torch.nn.Module) -> torch.Tensor:
