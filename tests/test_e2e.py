@@ -296,6 +296,33 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
         assert all(0.0 < entry["align_ratio"] <= 1.0 for entry in logged)
 
 
+@pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
+def test_sample_packing_run_packs_rows_and_distils(tiny, tmp_path, teacher: str) -> None:
+    """Same vocabulary: full fine-tune, padded to sequence_len, packed evaluation too.
+    Different tokenizers: LoRA with on-policy micro-batches (prompts cut per packed row)."""
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path)
+    cfg |= {"sample_packing": True, "sequence_len": 256, "num_epochs": 1, "save_steps": 100}
+    cfg.pop("max_steps")
+    if teacher == "same_vocabulary":
+        cfg |= {"pad_to_sequence_len": True, "val_set_size": 0.25, "eval_sample_packing": True, "eval_steps": 2}
+    else:
+        cfg = lora(cfg) | {"dskd_teacher_model": str(tiny.cross_teacher), "dskd_on_policy_ratio": 0.5}
+        cfg |= {"dskd_on_policy_max_new_tokens": 8}
+    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    history = _history(run_dir)
+    logged = [entry for entry in history if "loss" in entry]
+    train_rows = sum(1 for _ in tiny.data.open()) * (0.75 if teacher == "same_vocabulary" else 1.0)
+    unpacked_steps = train_rows // cfg["micro_batch_size"]
+    assert 0 < len(logged) <= unpacked_steps / 2, (len(logged), unpacked_steps)  # several rows per sequence
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) and entry["kd_loss"] > 0 for entry in logged)
+    assert all(0.0 <= entry["teacher_acc"] <= 1.0 for entry in logged)
+    if teacher == "same_vocabulary":
+        assert any("eval_loss" in entry and "eval_teacher_acc" in entry for entry in history)
+    else:
+        assert all(0.0 < entry["align_ratio"] <= 1.0 for entry in logged)
+        assert any(entry["on_policy"] == 1.0 for entry in logged)
+
+
 # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher);
 # torchrun starts two, and ACCELERATE_USE_CPU makes accelerate join them with gloo.
 ENGINE_ON_CPU = ["torchrun", "--nproc_per_node", "2", str(Path(__file__).with_name("cpu_engine_launch.py"))]

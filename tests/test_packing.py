@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM
 from axolotl_dskd.distill.on_policy import prompts
 from axolotl_dskd.distill.step import Rows
 from axolotl_dskd.distill.teacher import last_hidden_state
+from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache
 from axolotl_dskd.packing import model_inputs, packed_row, sub_rows
-from tests.test_teacher_cache import CROSS, _collator, _features, _loss_and_grads, _step, _teacher_dir
+from tests.test_teacher_cache import CROSS, _build, _collator, _features, _loss_and_grads, _step, _teacher_dir
 
 ATTENTION = ("sdpa", "eager")
 
@@ -120,3 +121,20 @@ def test_changing_one_packed_row_leaves_the_other_rows_untouched(tiny, teacher_k
             **model_inputs(after, "", student.device), output_hidden_states=True, use_cache=False
         ).hidden_states[-1]
     assert not torch.allclose(leaked[0, first_row_length:], isolated[0, first_row_length:], atol=1e-3)
+
+
+@pytest.mark.parametrize("teacher_kind", CROSS)
+def test_a_teacher_cache_serves_packed_rows(tiny, tmp_path, teacher_kind) -> None:
+    """The cache holds rows built unpacked; a packed batch reads each packed row's share."""
+    cross = teacher_kind == "cross_tokenizer"
+    student, teacher = _models(tiny, cross, "sdpa")
+    features = _features(tiny.tokenizer, tiny.data, rows=5)
+    _build(tiny, teacher, copy.deepcopy(features), tmp_path, cross)
+    bins = [copy.deepcopy(features[:2]), copy.deepcopy(features[2:])]
+    live_loss, live_grads = _loss_and_grads(_step(tiny, student, teacher, cross), student, _collator(tiny, cross)(bins))
+    cached_step = _step(tiny, student, HeadOnlyTeacher(TeacherCache(tmp_path).head()), cross)
+    bins = [copy.deepcopy(features[:2]), copy.deepcopy(features[2:])]
+    cached_loss, cached_grads = _loss_and_grads(cached_step, student, _collator(tiny, cross, str(tmp_path))(bins))
+    torch.testing.assert_close(cached_loss, live_loss, rtol=1e-5, atol=1e-6)
+    for cached_grad, live_grad in zip(cached_grads, live_grads, strict=True):
+        torch.testing.assert_close(cached_grad, live_grad, rtol=1e-4, atol=1e-5)
