@@ -63,14 +63,12 @@ def collator_for(pair: str, tokenizer, cache_dir: Path | None) -> DSKDRowCollato
     return DSKDRowCollator(tokenizer, padding=True, return_tensors="pt", **cache)
 
 
-def setup(pair: str, size: int, cache_dir: Path | None):
-    """(student, teacher or its cached head, collator, features, DSKD step) for `pair`."""
+def pair_models(pair: str, cache_dir: Path | None = None):
+    """(student with LoRA r16, teacher or its cached head, student tokenizer, DSKD step) for `pair`."""
     student_dir = assets.truncated_copy(assets.smollm2_instruct(), DEMO_STUDENT_LAYERS)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    features = unpadded(batch(tokenizer, size))
     cross = pair == "cross"
-    collator = collator_for(pair, tokenizer, cache_dir)
     if cache_dir:
         teacher = HeadOnlyTeacher(TeacherCache(cache_dir).head())
     else:
@@ -87,7 +85,13 @@ def setup(pair: str, size: int, cache_dir: Path | None):
         teacher_vocab_size=len(teacher_tokenizer),
         bridge=VocabBridge.build(tokenizer, teacher_tokenizer) if cross else None,
     )
-    return student, teacher, collator, features, step
+    return student, teacher, tokenizer, step
+
+
+def setup(pair: str, size: int, cache_dir: Path | None):
+    """(student, teacher or its cached head, collator, features, DSKD step) for `pair`."""
+    student, teacher, tokenizer, step = pair_models(pair, cache_dir)
+    return student, teacher, collator_for(pair, tokenizer, cache_dir), unpadded(batch(tokenizer, size)), step
 
 
 def train_step(step: DistillationStep, student, inputs) -> None:

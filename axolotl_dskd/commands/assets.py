@@ -225,6 +225,33 @@ def gsm_symbolic_rows(size: int, seed: int) -> list[dict[str, str]]:
     ]
 
 
+CHITCHAT_WHEEL = "chitchat_dataset-0.9.0-py3-none-any.whl"
+CHITCHAT_REQUIREMENT = "chitchat-dataset==0.9.0"
+CHITCHAT_SHA256 = "7bf89f36645e2d5ec87d53370c8e851b5a688479c7beb7079cb4c87fc5acea3e"
+
+
+def chitchat_rows(size: int, max_turns: int = 6) -> list[dict[str, list[dict[str, str]]]]:
+    """Chat rows from the BYU chitchat corpus (human-human, MIT): the first `size`
+    conversations, their turns alternately user and assistant, a sender's consecutive
+    messages joined by newlines. Lengths vary widely, as real chat data's do."""
+    wheel = fetch_package(CHITCHAT_REQUIREMENT, CHITCHAT_WHEEL, CHITCHAT_SHA256)
+    with zipfile.ZipFile(wheel) as archive:
+        conversations = json.loads(archive.read("chitchat_dataset/dataset.json"))
+    rows = []
+    for key in sorted(conversations):
+        turns = conversations[key]["messages"][:max_turns]
+        turns = turns[: len(turns) // 2 * 2]  # ends with an assistant turn
+        messages = [
+            {"role": ("user", "assistant")[index % 2], "content": "\n".join(message["text"] for message in turn)}
+            for index, turn in enumerate(turns)
+        ]
+        if messages:
+            rows.append({"messages": messages})
+        if len(rows) == size:
+            break
+    return rows
+
+
 def write_jsonl(rows: list[dict[str, str]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
