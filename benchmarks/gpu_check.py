@@ -8,7 +8,7 @@ memory from Axolotl's own logs; then DSKD vs SFT throughput and memory side by s
 
 Checks: plain SFT (bf16, flash-attention 2), DSKD same vocabulary (bf16, FA2), the same
 from a teacher cache (built first by `axolotl-dskd cache-teacher`), DSKD across tokenizers
-(bf16, FA2), QLoRA student with a 4-bit teacher (CUDA bitsandbytes),
+(bf16, FA2), both with `sample_packing` (FA2 varlen), QLoRA student with a 4-bit teacher (CUDA bitsandbytes),
 DeepSpeed ZeRO-2 (LoRA), ZeRO-3 and FSDP2 (full fine-tune; the shipped ZeRO-3 JSON and
 the example YAML's fsdp_config) over every visible GPU, and the fast failures of a 4-bit
 teacher under ZeRO-3 and of FSDP1 (not supported: they must stop before any model loads,
@@ -37,6 +37,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "example_yamls"
 ZERO2 = EXAMPLES / "deepspeed" / "zero2.json"
 ZERO3 = EXAMPLES / "deepspeed" / "zero3.json"
 GPU = {"bf16": True, "flash_attention": True, "gradient_checkpointing": False}
+# flash-attention varlen: Axolotl packs each micro-batch into one row, positions restart per row
+PACKED = {"sample_packing": True, "sequence_len": 1024}
 
 
 def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | None]]:
@@ -58,6 +60,8 @@ def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | 
         "dskd_bf16_fa2": (base, 1, None),
         "dskd_teacher_cache_bf16_fa2": (base | {"dskd_teacher_cache": str(out / "teacher_cache")}, 1, None),
         "dskd_cross_tokenizer_bf16_fa2": (cross, 1, None),
+        "dskd_packed_bf16_fa2": (base | PACKED, 1, None),
+        "dskd_packed_cross_tokenizer_bf16_fa2": (cross | PACKED, 1, None),
         "dskd_qlora_4bit_teacher": (qlora, 1, None),
         "dskd_deepspeed_zero2": (base | {"deepspeed": str(ZERO2)}, gpus, None),
         "dskd_deepspeed_zero3_full_finetune": (full_finetune | {"deepspeed": str(ZERO3)}, gpus, None),

@@ -50,9 +50,10 @@ def test_on_policy_prompts_are_cut_per_packed_row_and_skip_the_padded_tail() -> 
 
 
 @pytest.mark.parametrize("attention", ATTENTION)
-@pytest.mark.parametrize("teacher_kind", CROSS)
+@pytest.mark.parametrize("teacher_kind", [*CROSS, "vanilla_kd"])
 def test_packed_rows_give_every_loss_term_and_gradient_of_the_unpacked_rows(tiny, teacher_kind, attention) -> None:
     cross = teacher_kind == "cross_tokenizer"
+    method = "vanilla_kd" if teacher_kind == "vanilla_kd" else "dskd"
     student, teacher = _models(tiny, cross, attention)
     features = _features(tiny.tokenizer, tiny.data, rows=5)  # five different lengths
     collate = _collator(tiny, cross)
@@ -61,7 +62,7 @@ def test_packed_rows_give_every_loss_term_and_gradient_of_the_unpacked_rows(tiny
     assert packed["input_ids"].shape[0] == 2 and "attention_mask" not in packed
     if cross:
         assert "teacher_attention_mask" not in packed and packed["teacher_position_ids"].shape[0] == 2
-    step = _step(tiny, student, teacher, cross)
+    step = _step(tiny, student, teacher, cross, method)
     plain_sums, plain_counts = step.score(student, plain)
     packed_sums, packed_counts = step.score(student, packed)
     assert packed_counts.as_dict() == plain_counts.as_dict()

@@ -65,12 +65,12 @@ def _build(tiny, teacher, features, out, cross: bool, dtype: str = "float32") ->
     write_cache(out, teacher, _collator(tiny, cross), {"train": Dataset.from_list(features)}, options, {}, cross)
 
 
-def _step(tiny, student, teacher, cross: bool) -> DistillationStep:
+def _step(tiny, student, teacher, cross: bool, method: str = "dskd") -> DistillationStep:
     teacher_tokenizer = load_tokenizer(str(tiny.cross_teacher)) if cross else tiny.tokenizer
     return DistillationStep(
         student,
         teacher,
-        LossConfig(method="dskd", kd_ratio=0.5),
+        LossConfig(method=method, kd_ratio=0.5),
         vocab_size=len(tiny.tokenizer),
         teacher_vocab_size=len(teacher_tokenizer),
         bridge=VocabBridge.build(tiny.tokenizer, teacher_tokenizer) if cross else None,
