@@ -264,7 +264,9 @@ def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], o
             cfg = axolotl_config(task.student, data, run_dir, task.steps, seed)
             if arm.kind == "dskd":
                 cfg |= {"plugins": ["axolotl_dskd.DSKDPlugin"], "dskd_teacher_model": str(task.teacher)}
-                cfg |= {"dskd_teacher_chat_template": True, **arm.settings}
+                cfg |= arm.settings
+                if task.teacher != task.student:  # the teacher reads its own template
+                    cfg["dskd_teacher_chat_template"] = True
                 if teacher_adapter:
                     cfg["dskd_teacher_adapter"] = str(teacher_adapter)
             else:
