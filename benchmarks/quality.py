@@ -128,8 +128,8 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int, pair: str) -> 
     """`pair` cross: the Qwen2.5-Coder-0.5B teacher (other tokenizer); same: a SmolLM2-135M
     teacher (the student's own tokenizer and base) whose `light` stage 1 reads four times as
     many other rows of the task as the student's training split holds."""
-    rng, seen = random.Random(1), set()
-    other_size = train_size if pair == "cross" else 4 * train_size
+    rng, seen, cross = random.Random(1), set(), pair == "cross"
+    other_size = train_size if cross else 4 * train_size
     train = problems("add", train_size // 2, (2, 2), rng, seen) + problems("sub", train_size // 2, (2, 2), rng, seen)
     rng.shuffle(train)
     held_out = {
@@ -144,8 +144,8 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int, pair: str) -> 
         for name, rows in held_out.items()
     }
     return Task(
-        name="arith" if pair == "cross" else "arith_same",
-        teacher=assets.qwen_coder_instruct() if pair == "cross" else assets.smollm2_instruct(),
+        name="arith" if cross else "arith_same",
+        teacher=assets.qwen_coder_instruct() if cross else assets.smollm2_instruct(),
         student=assets.smollm2_instruct(),
         train_rows=[chat(q, a) for q, a, _ in map(worked, train)],
         eval_sets=eval_sets,
