@@ -48,5 +48,7 @@ fi
 . "$venv/bin/activate"
 # torch first and pinned, so that Axolotl's range does not pull another build
 python -m pip install --quiet --disable-pip-version-check "$DSKD_TORCH_PIN"
-python -m pip install --quiet --disable-pip-version-check -c <(echo "$DSKD_TORCH_PIN") \
+# under a lock: the editable install writes axolotl_dskd.egg-info into this checkout, and CI
+# builds two releases' venvs at once
+flock .install.lock python -m pip install --quiet --disable-pip-version-check -c <(echo "$DSKD_TORCH_PIN") \
   "$axolotl_pin" -e ".[${DSKD_EXTRAS:-demo}]"

@@ -64,6 +64,7 @@ def lora_run(tiny, tmp_path_factory) -> tuple[dict, Path]:
     return cfg, _train(AXOLOTL, cfg, workdir)
 
 
+@pytest.mark.every_release
 def test_lora_run_learns_and_checkpoints_the_projector(lora_run) -> None:
     cfg, run_dir = lora_run
     _assert_loss_falls(run_dir)
@@ -76,6 +77,7 @@ def test_lora_run_learns_and_checkpoints_the_projector(lora_run) -> None:
     assert ("ppl" in logged) == (not hasattr(AxolotlTrainer, "reports_token_perplexity"))
 
 
+@pytest.mark.every_release
 def test_merge_lora_keeps_the_projector_where_axolotl_has_the_hook(lora_run, tmp_path) -> None:
     """`axolotl merge-lora` on a DSKD run works; from 0.21 (`post_lora_merge`) the merged
     folder also gets the projector."""
@@ -179,6 +181,7 @@ def test_cached_teacher_cross_tokenizer_lora_run_reads_the_live_teachers_rows(ti
         assert got["eval_teacher_ce"] == pytest.approx(expected["eval_teacher_ce"], rel=1e-6)
 
 
+@pytest.mark.every_release
 def test_full_finetune_via_python_module_with_eval(tiny, tmp_path) -> None:
     cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path)
     cfg |= {"max_steps": 10, "save_steps": 10, "val_set_size": 0.1, "eval_steps": 5}
@@ -192,6 +195,7 @@ def test_full_finetune_via_python_module_with_eval(tiny, tmp_path) -> None:
     assert not any("projector" in key for key in saved)  # the student checkpoint stays a plain model
 
 
+@pytest.mark.every_release
 def test_qlora_student_with_4bit_teacher_via_accelerate(tiny, tmp_path) -> None:
     cfg = lora(base_config(tiny.student, tiny.teacher, tiny.data, tmp_path))
     cfg |= {
@@ -224,6 +228,7 @@ def test_preprocess_still_works(tiny, tmp_path) -> None:
     assert any((tmp_path / "prepared").iterdir())
 
 
+@pytest.mark.every_release
 def test_bad_config_fails_before_any_model_loads(tiny, tmp_path) -> None:
     cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | {"dskd_divergence": "kl"}
     result = run_cli(AXOLOTL, cfg, tmp_path)
@@ -232,6 +237,7 @@ def test_bad_config_fails_before_any_model_loads(tiny, tmp_path) -> None:
     assert "Loading weights" not in result.stderr + result.stdout
 
 
+@pytest.mark.every_release
 def test_cross_tokenizer_lora_run_learns_and_logs_alignment(tiny, tmp_path) -> None:
     cfg = lora(base_config(tiny.student, tiny.cross_teacher, tiny.data, tmp_path))
     cfg |= {"learning_rate": 0.02, "dskd_projector_lr": 0.01, "max_steps": 12, "save_steps": 12}
@@ -273,6 +279,7 @@ def test_teacher_renders_conversations_with_its_own_chat_template(tiny, tmp_path
     assert all(0.2 < entry["align_ratio"] <= 1.0 for entry in history if "loss" in entry), history
 
 
+@pytest.mark.every_release
 @pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
 def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: str) -> None:
     teacher_dir = tiny.teacher if teacher == "same_vocabulary" else tiny.cross_teacher
@@ -296,6 +303,7 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
         assert all(0.0 < entry["align_ratio"] <= 1.0 for entry in logged)
 
 
+@pytest.mark.every_release
 @pytest.mark.parametrize("teacher", ["same_vocabulary", "cross_tokenizer"])
 def test_sample_packing_run_packs_rows_and_distils(tiny, tmp_path, teacher: str) -> None:
     """Same vocabulary: full fine-tune, padded to sequence_len, packed evaluation too.

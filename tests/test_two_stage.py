@@ -50,6 +50,7 @@ def _stage2(tiny, workdir: Path, **overrides) -> dict:
     return cfg | {"max_steps": 3, "save_steps": 3, "dskd_teacher_fit_rows": 16} | overrides
 
 
+@pytest.mark.every_release
 def test_stage2_trains_from_the_adapted_teacher_like_from_a_merged_copy(tiny, stage1, tmp_path) -> None:
     merged = tmp_path / "merged-teacher"
     base = AutoModelForCausalLM.from_pretrained(tiny.teacher)
@@ -118,6 +119,7 @@ def test_preflight_warns_about_a_teacher_that_does_not_fit_and_not_about_one_tha
     assert not list((tmp_path / "f").rglob("adapter_model.safetensors"))  # the command does not train
 
 
+@pytest.mark.every_release
 def test_adapter_on_a_4bit_teacher_and_across_tokenizers(tiny, tiny_adapters, tmp_path) -> None:
     quantized = _stage2(
         tiny,
