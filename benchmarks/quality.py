@@ -53,7 +53,8 @@ TRAIN_SETTINGS = {"learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_steps
 @dataclass(frozen=True)
 class Arm:
     """One way to train the student: `kind` sft | dskd | gold; `teacher` tuned (stage 1 on
-    the training rows) | light (stage 1 on other rows of the task, one epoch) | base."""
+    the training rows) | light (stage 1 on other rows of the task, one epoch) | broad (stage 1
+    on those rows plus every held-out kind of problem, other rows of each, two epochs) | base."""
 
     kind: str
     teacher: str = "tuned"
@@ -69,8 +70,13 @@ ARMS = {
     "dskd_paper": Arm("dskd", settings=KD | {"dskd_normalization": "paper"}),
     "vanilla_kd_light": Arm("dskd", teacher="light", settings=KD | {"dskd_method": "vanilla_kd"}),
     "dskd_light": Arm("dskd", teacher="light", settings=KD),
+    "vanilla_kd_broad": Arm("dskd", teacher="broad", settings=KD | {"dskd_method": "vanilla_kd"}),
+    "dskd_broad": Arm("dskd", teacher="broad", settings=KD),
     "gold": Arm("gold", settings=KD),
 }
+
+# what the conclusions rest on, per pair: the default run, about an hour each on 2 cores
+DECIDING_ARMS = {"cross": ["sft", "dskd", "gold"], "same": ["sft", "vanilla_kd_broad", "dskd_broad"]}
 
 
 @dataclass(frozen=True)
@@ -83,15 +89,12 @@ class Task:
     epochs: int
     teacher_epochs: int
     other_rows: list[dict[str, Any]] = field(default_factory=list)  # same task, neither trained nor held out
+    broad_rows: list[dict[str, Any]] = field(default_factory=list)  # other rows of every held-out kind
     max_new_tokens: int = 16
 
     @property
     def steps(self) -> int:
         return self.epochs * len(self.train_rows) // TRAIN_SETTINGS["micro_batch_size"]
-
-    @property
-    def teacher_steps(self) -> int:
-        return self.teacher_epochs * len(self.train_rows) // TRAIN_SETTINGS["micro_batch_size"]
 
 
 def chat(question: str, answer: str) -> dict[str, Any]:
@@ -139,6 +142,10 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int, pair: str) -> 
         "add3": problems("add", eval_size, (3, 3), rng, seen),
     }
     other = problems("add", other_size // 2, (2, 2), rng, seen) + problems("sub", other_size // 2, (2, 2), rng, seen)
+    # drawn last, so the rows above stay those of earlier rounds
+    broad = other + problems("mul", other_size // 2, (2, 1), rng, seen)
+    broad += problems("add", other_size // 2, (3, 3), rng, seen)
+    rng.shuffle(broad)
     eval_sets = {
         name: [{"instruction": q, "output": a, "answer": str(x)} for q, a, x in map(worked, rows)]
         for name, rows in held_out.items()
@@ -152,6 +159,7 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int, pair: str) -> 
         epochs=epochs,
         teacher_epochs=2,
         other_rows=[chat(q, a) for q, a, _ in map(worked, other)],
+        broad_rows=[chat(q, a) for q, a, _ in map(worked, broad)],
     )
 
 
@@ -207,15 +215,17 @@ def recorded(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def stage1(task: Task, out: Path, variant: str) -> Path:
     """The teacher's LoRA fine-tune, plain Axolotl, its own template: `tuned` on the training
-    split for `teacher_epochs`; `light` one epoch on other rows of the same task."""
+    split for `teacher_epochs`; `light` one epoch on other rows of the same task; `broad` two
+    epochs on those rows plus other rows of every held-out kind (a teacher that knows the
+    whole task, as a bigger model would)."""
     label = f"{task.name}-stage1" if variant == "tuned" else f"{task.name}-stage1-{variant}"
     run_dir = out / f"{label}-teacher"
 
     def make() -> dict[str, Any]:
         data, rows, epochs = out / f"{task.name}-train.jsonl", task.train_rows, task.teacher_epochs
-        if variant == "light":
-            rows, epochs = task.other_rows, 1
-            data = assets.write_jsonl(rows, out / f"{task.name}-other.jsonl")
+        if variant != "tuned":
+            rows, epochs = (task.other_rows, 1) if variant == "light" else (task.broad_rows, 2)
+            data = assets.write_jsonl(rows, out / f"{task.name}-{variant}.jsonl")
         steps = epochs * len(rows) // TRAIN_SETTINGS["micro_batch_size"]
         cfg = axolotl_config(task.teacher, data, run_dir, steps, seed=0)
         cfg.pop("dskd_teacher_fit_rows")
@@ -309,8 +319,7 @@ def run(task: Task, arms: list[str], seeds: list[int], out: Path) -> None:
     assets.write_jsonl([row for rows in task.eval_sets.values() for row in rows], out / f"{task.name}-eval.jsonl")
     adapters = {
         variant: stage1(task, out, variant)
-        for variant in {"tuned"} | {ARMS[arm].teacher for arm in arms}
-        if variant in ("tuned", "light")
+        for variant in sorted({ARMS[arm].teacher for arm in arms} - {"none", "base"})
     }
     evaluate(task, f"{task.name}-student", task.student, None, out)
     evaluate(task, f"{task.name}-teacher", task.teacher, None, out)
@@ -335,17 +344,19 @@ def collect(task: Task, out: Path) -> dict[str, Any]:
         "task": task.name,
         "train_rows": len(task.train_rows),
         "steps": task.steps,
-        "teacher_steps": task.teacher_steps,
-        "stage1": json.loads((out / f"{task.name}-stage1.json").read_text()),
+        "stage1": {},
         "reference": {
             "student_before": scores(f"{task.name}-student"),
             "teacher_untuned": scores(f"{task.name}-teacher"),
-            "teacher_stage1": scores(f"{task.name}-teacher-stage1"),
         },
         "arms": {},
     }
-    if (out / f"{task.name}-teacher-stage1-light-scores.json").exists():
-        report["reference"]["teacher_stage1_light"] = scores(f"{task.name}-teacher-stage1-light")
+    for variant in ("tuned", "light", "broad"):
+        suffix = "" if variant == "tuned" else f"-{variant}"
+        label = f"{task.name}-teacher-stage1{suffix}"
+        if (out / f"{label}-scores.json").exists():
+            report["stage1"][variant] = json.loads((out / f"{task.name}-stage1{suffix}.json").read_text())
+            report["reference"][f"teacher_stage1{suffix.replace('-', '_')}"] = scores(label)
     for arm_name in ARMS:
         for record in sorted(out.glob(f"{task.name}-{arm_name}-s*.json")):
             label = record.stem
@@ -372,7 +383,8 @@ def summary(report: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, i
 def print_tables(report: dict[str, Any]) -> None:
     sets = list(report["reference"]["student_before"])
     print(f"\n{report['task']}: {report['train_rows']} training rows, {report['steps']} steps x 8 rows")
-    print(f"(stage 1: teacher LoRA, {report['teacher_steps']} steps); accuracy % on held-out rows\n")
+    stage1_steps = ", ".join(f"{variant} {record['steps']}" for variant, record in report["stage1"].items())
+    print(f"(stage 1, teacher LoRA steps: {stage1_steps or 'none'}); accuracy % on held-out rows\n")
     print("| model | seeds | " + " | ".join(sets) + " | train s (mean) |")
     print("|---|---|" + "---|" * len(sets) + "---|")
     for name, scores in report["reference"].items():
@@ -418,7 +430,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="outputs/quality")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="default: the deciding arms of --pair")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--pair", choices=["cross", "same"], default="cross", help="teacher tokenizer: other or same")
     parser.add_argument("--train-rows", type=int, default=128)
@@ -427,6 +439,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="32 rows, 1 epoch, 10 eval rows, seed 0: a smoke run")
     parser.add_argument("--report-only", action="store_true", help="tables and plots of what is recorded")
     args = parser.parse_args()
+    args.arms = args.arms or DECIDING_ARMS[args.pair]
     if args.quick:
         args.train_rows, args.epochs, args.eval_rows, args.seeds = 32, 1, 10, [0]
     out = Path(args.out).resolve()
