@@ -14,8 +14,11 @@ real models from PyPI (axolotl_dskd.commands.assets), on arithmetic written "37 
 training split mixes two-digit additions and subtractions; held out: new additions,
 subtractions and one-digit multiplications, and three-digit additions (never trained).
 Score: share of answers whose last number is the result. `--pair same` is the
-same-vocabulary task: SmolLM2-135M-Instruct teaches itself after a stage 1 on four times as
-many other rows as the student gets (arms with the `light` teacher: DSKD, vanilla KD).
+same-vocabulary task: SmolLM2-135M-Instruct teaches itself after a stage 1 on other rows of
+the task (`light`: four times as many add/sub rows as the student gets; `broad`: those plus
+as many rows of the held-out kinds, multiplications and three-digit additions, so the teacher
+knows the whole task, as a bigger model would). Without `--arms`, the arms the conclusions
+rest on for the pair run (DECIDING_ARMS).
 
 Every (arm, seed) run and every evaluation is recorded as it finishes, so an interrupted
 benchmark resumes where it stopped.
