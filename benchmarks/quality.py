@@ -78,7 +78,8 @@ ARMS = {
     "gold": Arm("gold", settings=KD),
 }
 
-# what the conclusions rest on, per pair: the default run, about an hour each on 2 cores
+# what the conclusions rest on, per pair: the default run, about 75 minutes each on 2 cores
+STAGE1_VARIANTS = ("tuned", "light", "broad")
 DECIDING_ARMS = {"cross": ["sft", "dskd", "gold"], "same": ["sft", "vanilla_kd_broad", "dskd_broad"]}
 
 
@@ -216,12 +217,17 @@ def recorded(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def stage1_suffix(variant: str) -> str:
+    """How a stage-1 variant's files are named: `tuned` has none, for the earlier rounds' records."""
+    return "" if variant == "tuned" else f"-{variant}"
+
+
 def stage1(task: Task, out: Path, variant: str) -> Path:
     """The teacher's LoRA fine-tune, plain Axolotl, its own template: `tuned` on the training
     split for `teacher_epochs`; `light` one epoch on other rows of the same task; `broad` two
     epochs on those rows plus other rows of every held-out kind (a teacher that knows the
     whole task, as a bigger model would)."""
-    label = f"{task.name}-stage1" if variant == "tuned" else f"{task.name}-stage1-{variant}"
+    label = f"{task.name}-stage1{stage1_suffix(variant)}"
     run_dir = out / f"{label}-teacher"
 
     def make() -> dict[str, Any]:
@@ -327,8 +333,7 @@ def run(task: Task, arms: list[str], seeds: list[int], out: Path) -> None:
     evaluate(task, f"{task.name}-student", task.student, None, out)
     evaluate(task, f"{task.name}-teacher", task.teacher, None, out)
     for variant, adapter in adapters.items():
-        suffix = "" if variant == "tuned" else f"-{variant}"
-        evaluate(task, f"{task.name}-teacher-stage1{suffix}", task.teacher, adapter, out)
+        evaluate(task, f"{task.name}-teacher-stage1{stage1_suffix(variant)}", task.teacher, adapter, out)
     for seed in seeds:
         for arm_name in arms:
             print(f"quality: {task.name} {arm_name} seed {seed}: {task.steps} steps", flush=True)
@@ -354,8 +359,8 @@ def collect(task: Task, out: Path) -> dict[str, Any]:
         },
         "arms": {},
     }
-    for variant in ("tuned", "light", "broad"):
-        suffix = "" if variant == "tuned" else f"-{variant}"
+    for variant in STAGE1_VARIANTS:
+        suffix = stage1_suffix(variant)
         label = f"{task.name}-teacher-stage1{suffix}"
         if (out / f"{label}-scores.json").exists():
             report["stage1"][variant] = json.loads((out / f"{task.name}-stage1{suffix}.json").read_text())
