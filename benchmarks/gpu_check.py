@@ -1,6 +1,6 @@
 """The checks that need a GPU, in one run (about 5 minutes on one modern GPU): short real
-`accelerate launch` trainings of the embedded default pair (SmolLM2-135M-Instruct -> its
-first 8 layers) and of the cross-tokenizer pair (Qwen2.5-Coder-0.5B-Instruct -> SmolLM2),
+`accelerate launch` trainings of a same-vocabulary pair (SmolLM2-135M-Instruct -> its
+first 8 layers) and of the demo's cross-tokenizer pair (Qwen2.5-Coder-0.5B-Instruct -> SmolLM2),
 each reporting whether it trained (finite, falling loss), tokens/s per GPU and peak GPU
 memory from Axolotl's own logs; then DSKD vs SFT throughput and memory side by side.
 
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from axolotl_dskd.commands import assets
-from axolotl_dskd.commands.cli import LORA_SETTINGS, demo_config, offline_env
+from axolotl_dskd.commands.demo import LORA_SETTINGS, demo_config, offline_env
 
 BIN = Path(sys.executable).parent
 EXAMPLES = Path(__file__).resolve().parent.parent / "example_yamls"
@@ -44,12 +44,12 @@ PACKED = {"sample_packing": True, "sequence_len": 1024}
 def checks(out: Path, steps: int) -> dict[str, tuple[dict[str, Any], int, str | None]]:
     """name -> (config, processes, expected error or None)."""
     batch = {"save_steps": steps, "micro_batch_size": 4, "gradient_accumulation_steps": 1}
-    base = demo_config(out, steps) | GPU | batch
-    sft = {key: value for key, value in base.items() if key != "plugins" and not key.startswith("dskd_")}
-    cross = base | {
-        "base_model": str(assets.smollm2_instruct()),
-        "dskd_teacher_model": str(assets.qwen_coder_instruct()),
+    cross = demo_config(out, steps) | GPU | batch  # the demo's pair: Qwen2.5-Coder-0.5B -> SmolLM2-135M
+    base = {key: value for key, value in cross.items() if key != "dskd_teacher_chat_template"} | {
+        "base_model": str(assets.truncated_copy(assets.smollm2_instruct(), assets.CUT_STUDENT_LAYERS)),
+        "dskd_teacher_model": str(assets.smollm2_instruct()),
     }
+    sft = {key: value for key, value in base.items() if key != "plugins" and not key.startswith("dskd_")}
     qlora = base | {"adapter": "qlora", "load_in_4bit": True, "dskd_teacher_load_in_4bit": True}
     gpus = max(1, _gpu_count())
     fsdp_config = yaml.safe_load((EXAMPLES / "fsdp2-full-finetune.yml").read_text())["fsdp_config"]

@@ -25,7 +25,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
-from axolotl_dskd.commands.cli import DEMO_STUDENT_LAYERS  # noqa: E402
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
 from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
@@ -94,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
 
     teacher_dir = assets.smollm2_instruct()
-    student_dir = assets.truncated_copy(teacher_dir, DEMO_STUDENT_LAYERS)
+    student_dir = assets.truncated_copy(teacher_dir, assets.CUT_STUDENT_LAYERS)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval().requires_grad_(False)
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
@@ -192,7 +191,8 @@ def main() -> None:
     outside = rest - teacher_head_time - own_head_time
     loss_outside = times["loss"] - teacher_head_time - own_head_time
     mode = "full fine-tune" if args.full else "LoRA r=16 all-linear"
-    print(f"student: SmolLM2-135M-Instruct first {DEMO_STUDENT_LAYERS} layers, {mode}; teacher: SmolLM2-135M-Instruct")
+    layers = assets.CUT_STUDENT_LAYERS
+    print(f"student: SmolLM2-135M-Instruct first {layers} layers, {mode}; teacher: SmolLM2-135M-Instruct")
     shape = tuple(inputs["input_ids"].shape)
     print(f"batch: {shape} tokens, {n_loss_tokens} response tokens; threads: {torch.get_num_threads()}")
     print(f"SFT step (fwd+bwd, HF loss)      {sft_time:8.3f} s")

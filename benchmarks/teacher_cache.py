@@ -39,7 +39,6 @@ from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.commands.cache_teacher import write_cache  # noqa: E402
-from axolotl_dskd.commands.cli import DEMO_STUDENT_LAYERS  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
 from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
 from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
@@ -65,7 +64,7 @@ def collator_for(pair: str, tokenizer, cache_dir: Path | None) -> DSKDRowCollato
 
 def pair_models(pair: str, cache_dir: Path | None = None):
     """(student with LoRA r16, teacher or its cached head, student tokenizer, DSKD step) for `pair`."""
-    student_dir = assets.truncated_copy(assets.smollm2_instruct(), DEMO_STUDENT_LAYERS)
+    student_dir = assets.truncated_copy(assets.smollm2_instruct(), assets.CUT_STUDENT_LAYERS)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     cross = pair == "cross"
@@ -172,7 +171,7 @@ def measure(pair: str, size: int, repeats: int) -> None:
     body_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
     body_mib -= output_head(teacher).numel() * output_head(teacher).element_size() / 2**20
     name = "SmolLM2-135M-Instruct" if pair == "demo" else "Qwen2.5-Coder-0.5B-Instruct (cross-tokenizer)"
-    print(f"\n== teacher {name}; student SmolLM2 first {DEMO_STUDENT_LAYERS} layers, LoRA r=16")
+    print(f"\n== teacher {name}; student SmolLM2 first {assets.CUT_STUDENT_LAYERS} layers, LoRA r=16")
     print(f"batch {size} rows, {stored_rows} cached teacher rows; threads {torch.get_num_threads()}")
     print(f"SFT step                    {times['sft']:8.3f} s")
     print(f"DSKD step, live teacher     {times['live']:8.3f} s   {times['live'] / times['sft']:.2f}x SFT")

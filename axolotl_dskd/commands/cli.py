@@ -8,120 +8,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from axolotl_dskd.commands import assets
-
-DEMO_STUDENT_LAYERS = 8
-# Axolotl settings a CPU run needs: no mixed precision, no Triton LoRA kernels, plain AdamW.
-CPU_SETTINGS = {
-    "optimizer": "adamw_torch",
-    "bf16": False,
-    "fp16": False,
-    "lora_mlp_kernel": False,
-    "lora_qkv_kernel": False,
-    "lora_o_kernel": False,
-}
-# The demo's adapter: LoRA r 16 on every linear layer (the benchmarks train the same one).
-LORA_SETTINGS = {"adapter": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_target_linear": True}
-
-
-def demo_config(out: Path, steps: int) -> dict[str, Any]:
-    """LoRA student (SmolLM2-135M-Instruct cut to 8 of 30 layers) distilled from the full
-    model on GSM-Symbolic worked answers, with CPU-safe settings."""
-    teacher = assets.smollm2_instruct()
-    student = assets.truncated_copy(teacher, DEMO_STUDENT_LAYERS)
-    data = assets.write_jsonl(assets.gsm_symbolic_rows(size=4 * steps, seed=2024), out / "gsm_symbolic_train.jsonl")
-    return {
-        "base_model": str(student),
-        "plugins": ["axolotl_dskd.DSKDPlugin"],
-        "dskd_teacher_model": str(teacher),
-        "dskd_kd_ratio": 0.5,
-        "dskd_temperature": 2.0,
-        "dskd_divergence": "forward_kl",
-        "datasets": [{"path": str(data), "type": "alpaca", "ds_type": "json"}],
-        "dataset_prepared_path": str(out / "prepared"),
-        "output_dir": str(out / "run"),
-        "sequence_len": 512,
-        **LORA_SETTINGS,
-        "micro_batch_size": 2,
-        "gradient_accumulation_steps": 2,
-        "max_steps": steps,
-        "learning_rate": 5e-4,
-        "lr_scheduler": "cosine",
-        "warmup_steps": 2,
-        "logging_steps": 1,
-        "save_steps": steps,
-        "val_set_size": 0,
-        "seed": 42,
-        **CPU_SETTINGS,
-    }
-
-
-def offline_env() -> dict[str, str]:
-    """The environment for the Axolotl runs we start: nothing from the hub, no telemetry, no
-    tokenizer threads across forks, and this venv's commands first on PATH."""
-    env = dict(os.environ, AXOLOTL_DO_NOT_TRACK="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
 
 def demo(args: argparse.Namespace) -> int:
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    config = demo_config(out, args.steps)
-    config_path = out / "config.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"axolotl-dskd: wrote {config_path}")
-    if args.no_train:
-        return 0
-    trained = subprocess.run(["axolotl", "train", str(config_path)], env=offline_env()).returncode
-    if trained != 0 or not args.held_out_rows:
-        return trained
-    print(before_after(config, out, args.held_out_rows))
-    return 0
+    from axolotl_dskd.commands.demo import run
+
+    return run(args)
 
 
-def before_after(config: dict[str, Any], out: Path, rows: int) -> str:
-    """What the distillation did: the student before and after, and the teacher, scored on
-    held-out GSM-Symbolic problems (another seed than training), greedy, ROUGE-L F1 x 100."""
-    from axolotl_dskd.commands.evaluate import evaluate as run_eval
-
-    data = assets.write_jsonl(assets.gsm_symbolic_rows(size=rows, seed=7), out / "held_out.jsonl")
-    models = {
-        "student before": (config["base_model"], None),
-        "student after (DSKD, LoRA)": (config["base_model"], config["output_dir"]),
-        "teacher": (config["dskd_teacher_model"], None),
-    }
-    lines = [f"\nheld-out GSM-Symbolic problems ({rows}, never trained on), greedy, ROUGE-L F1 x 100:"]
-    for label, (model, adapter) in models.items():
-        settings = argparse.Namespace(
-            model=model,
-            adapter=adapter,
-            data=str(data),
-            task="rouge",
-            prompt_format="alpaca",
-            prompt_field="instruction",
-            input_field="input",
-            answer_field="output",
-            limit=None,
-            max_new_tokens=128,
-            batch_size=rows,
-            temperature=0.0,
-            top_p=1.0,
-            top_k=0,
-            seed=42,
-            dtype="float32",
-            predictions=str(out / f"held_out-{label.split(' (')[0].replace(' ', '_')}.jsonl"),
-        )
-        lines.append(f"  {label:<28} {run_eval(settings)['score']:6.2f}")
-    return "\n".join(lines)
+def add_demo_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "demo", help="distill Qwen2.5-Coder-0.5B-Instruct into SmolLM2-135M-Instruct (two tokenizers) on CPU"
+    )
+    parser.add_argument("--out", default="outputs/demo", help="where the config, data and run go")
+    parser.add_argument("--steps", type=int, default=48, help="optimizer steps (8 rows each; 96 rows = 12 steps)")
+    parser.add_argument("--seed", type=int, default=42, help="the training run's seed (the rows stay the same)")
+    parser.add_argument("--no-train", action="store_true", help="only fetch assets and write the config")
+    parser.add_argument(
+        "--held-out-rows", type=int, default=50, help="held-out problems for the before/after table (0 = none)"
+    )
+    parser.set_defaults(handler=demo)
 
 
 def align(args: argparse.Namespace) -> int:
@@ -198,6 +107,9 @@ def add_cache_teacher_parser(commands: Any) -> None:
     )
     parser.add_argument("--batch-size", type=int, help="rows per teacher forward (default: micro_batch_size)")
     parser.add_argument("--shard-rows", type=int, default=1024, help="rows per shard file")
+    parser.add_argument(
+        "--verify", action="store_true", help="check every shard of the built cache against its digest, build nothing"
+    )
     parser.set_defaults(handler=cache_teacher)
 
 
@@ -229,14 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="axolotl-dskd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="distill SmolLM2-135M-Instruct into an 8-layer copy on CPU")
-    demo_parser.add_argument("--out", default="outputs/demo", help="where the config, data and run go")
-    demo_parser.add_argument("--steps", type=int, default=30, help="optimizer steps (4 samples each)")
-    demo_parser.add_argument("--no-train", action="store_true", help="only fetch assets and write the config")
-    demo_parser.add_argument(
-        "--held-out-rows", type=int, default=16, help="held-out problems for the before/after table (0 = none)"
-    )
-    demo_parser.set_defaults(handler=demo)
+    add_demo_parser(commands)
     align_parser = commands.add_parser("align", help="how much of a text a tokenizer pair can distill")
     align_parser.add_argument(
         "--student-tokenizer", required=True, help="dir, hub id, or gpt-2|llama-spm|qwen2|smollm2"

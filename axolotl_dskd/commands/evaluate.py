@@ -71,13 +71,19 @@ def final_answer(text: str) -> str:
 def score(task: str, prediction: str, reference: str) -> float:
     """One row's score in [0, 100]."""
     if task == "rouge":
-        from rouge_score import rouge_scorer
-
-        return 100.0 * rouge_scorer.RougeScorer(["rougeL"]).score(reference, prediction)["rougeL"].fmeasure
+        return 100.0 * _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
     if task == "exact_match":
         return 100.0 * float(final_answer(prediction) == final_answer(reference))
     predicted = final_answer(prediction) if "####" in prediction else _last_number(prediction)
     return 100.0 * _gsm_scorer().score_answer(predicted, {"answer": final_answer(reference)})
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    """One scorer for every row (each new one logs "Using default tokenizer.")."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
 
 
 @lru_cache(maxsize=1)
@@ -105,14 +111,17 @@ def load_model(model_dir: str, adapter_dir: str | None, dtype: torch.dtype) -> t
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, prompts: list[str], settings: dict[str, Any], batch_size: int) -> list[str]:
-    """Continuations of `prompts`, batch by batch, left-padded, with a progress bar."""
+def generate(
+    model: Any, tokenizer: Any, prompts: list[str], settings: dict[str, Any], batch_size: int, progress: bool = True
+) -> list[str]:
+    """Continuations of `prompts`, batch by batch, left-padded, with a progress bar unless
+    `progress` is off."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = pad_id
     answers = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch"):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch", disable=not progress):
         batch = tokenizer(
             prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
         )
@@ -131,7 +140,7 @@ def evaluate(args: Any) -> dict[str, Any]:
     if sampling:
         settings |= {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
     prompts = [render(row, args.prompt_format, tokenizer) for row in rows]
-    predictions = generate(model, tokenizer, prompts, settings, args.batch_size)
+    predictions = generate(model, tokenizer, prompts, settings, args.batch_size, getattr(args, "progress", True))
     scores = [score(args.task, p, row.reference) for p, row in zip(predictions, rows, strict=True)]
     summary: dict[str, Any] = {
         "task": args.task,
