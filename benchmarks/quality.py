@@ -23,7 +23,13 @@ rest on for the pair run (DECIDING_ARMS).
 Every (arm, seed) run and every evaluation is recorded as it finishes, so an interrupted
 benchmark resumes where it stopped.
 
-Run:  python benchmarks/quality.py [--pair cross|same] [--seeds 0 1 2] [--arms ...] [--quick] [--out outputs/quality]
+`--pair chat` is the open-ended round in the DSKD papers' protocol, in miniature: human
+replies to human messages (chitchat corpus), teachers fine-tuned on the training split
+first, ROUGE-L F1 of greedy answers on held-out prompts; arms SFT, vanilla KD and DSKD with
+the same-vocabulary teacher, DSKD across tokenizers (from a teacher cache built once for
+all seeds) and GOLD.
+
+Run:  python benchmarks/quality.py [--pair cross|same|chat] [--seeds 0 1 2] [--arms ...] [--quick] [--out DIR]
       python benchmarks/quality.py --report-only      # tables and plots of what is recorded
 """
 
@@ -45,7 +51,8 @@ from typing import Any
 import yaml
 
 from axolotl_dskd.commands import assets
-from axolotl_dskd.commands.cli import CPU_SETTINGS, LORA_SETTINGS, offline_env
+from axolotl_dskd.commands.arithmetic import chat, chat_rows, eval_rows, problems
+from axolotl_dskd.commands.demo import CPU_SETTINGS, LORA_SETTINGS, offline_env
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -57,11 +64,14 @@ TRAIN_SETTINGS = {"learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_steps
 class Arm:
     """One way to train the student: `kind` sft | dskd | gold; `teacher` tuned (stage 1 on
     the training rows) | light (stage 1 on other rows of the task, one epoch) | broad (stage 1
-    on those rows plus every held-out kind of problem, other rows of each, two epochs) | base."""
+    on those rows plus every held-out kind of problem, other rows of each, two epochs) | same
+    (the task's same-vocabulary teacher after a stage 1 on the training rows) | base;
+    `cached`: train from a teacher cache built once for every seed (`axolotl-dskd cache-teacher`)."""
 
     kind: str
     teacher: str = "tuned"
     settings: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
 
 
 ARMS = {
@@ -76,11 +86,18 @@ ARMS = {
     "vanilla_kd_broad": Arm("dskd", teacher="broad", settings=KD | {"dskd_method": "vanilla_kd"}),
     "dskd_broad": Arm("dskd", teacher="broad", settings=KD),
     "gold": Arm("gold", settings=KD),
+    "dskd_cached": Arm("dskd", settings=KD, cached=True),
+    "dskd_same": Arm("dskd", teacher="same", settings=KD),
+    "vanilla_kd_same": Arm("dskd", teacher="same", settings=KD | {"dskd_method": "vanilla_kd"}),
 }
 
 # what the conclusions rest on, per pair: the default run, about 75 minutes each on 2 cores
-STAGE1_VARIANTS = ("tuned", "light", "broad")
-DECIDING_ARMS = {"cross": ["sft", "dskd", "gold"], "same": ["sft", "vanilla_kd_broad", "dskd_broad"]}
+STAGE1_VARIANTS = ("tuned", "light", "broad", "same")
+DECIDING_ARMS = {
+    "cross": ["sft", "dskd", "gold"],
+    "same": ["sft", "vanilla_kd_broad", "dskd_broad"],
+    "chat": ["sft", "vanilla_kd_same", "dskd_same", "dskd_cached", "gold"],
+}
 
 
 @dataclass(frozen=True)
@@ -95,40 +112,16 @@ class Task:
     other_rows: list[dict[str, Any]] = field(default_factory=list)  # same task, neither trained nor held out
     broad_rows: list[dict[str, Any]] = field(default_factory=list)  # other rows of every held-out kind
     max_new_tokens: int = 16
+    metric: str = "accuracy"  # accuracy: last number == result; rouge: ROUGE-L F1 x 100
+    same_teacher: Path | None = None  # a teacher with the student's vocabulary, for `same` arms
+    sequence_len: int = 256
+
+    def teacher_for(self, variant: str) -> Path:
+        return self.same_teacher if variant == "same" else self.teacher
 
     @property
     def steps(self) -> int:
         return self.epochs * len(self.train_rows) // TRAIN_SETTINGS["micro_batch_size"]
-
-
-def chat(question: str, answer: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
-
-OPERATIONS: dict[str, tuple[str, Callable[[int, int], int]]] = {
-    "add": ("+", lambda a, b: a + b),
-    "sub": ("-", lambda a, b: a - b),
-    "mul": ("*", lambda a, b: a * b),
-}
-
-
-def problems(kind: str, count: int, digits: tuple[int, int], rng: random.Random, seen: set) -> list[tuple]:
-    """Distinct (kind, a, b) problems with operands of the given digit counts, not in `seen`."""
-    picked: list[tuple] = []
-    while len(picked) < count:
-        a = rng.randint(10 ** (digits[0] - 1), 10 ** digits[0] - 1)
-        b = rng.randint(10 ** (digits[1] - 1), 10 ** digits[1] - 1)
-        a, b = (a, b) if kind != "sub" else (max(a, b), min(a, b))
-        if (kind, a, b) not in seen:
-            seen.add((kind, a, b))
-            picked.append((kind, a, b))
-    return picked
-
-
-def worked(problem: tuple) -> tuple[str, str, int]:
-    kind, a, b = problem
-    symbol, apply = OPERATIONS[kind]
-    return f"What is {a} {symbol} {b}?", f"{a} {symbol} {b} = {apply(a, b)}", apply(a, b)
 
 
 def arithmetic_task(train_size: int, eval_size: int, epochs: int, pair: str) -> Task:
@@ -150,20 +143,38 @@ def arithmetic_task(train_size: int, eval_size: int, epochs: int, pair: str) -> 
     broad = other + problems("mul", other_size // 2, (2, 1), rng, seen)
     broad += problems("add", other_size // 2, (3, 3), rng, seen)
     rng.shuffle(broad)
-    eval_sets = {
-        name: [{"instruction": q, "output": a, "answer": str(x)} for q, a, x in map(worked, rows)]
-        for name, rows in held_out.items()
-    }
+    eval_sets = {name: eval_rows(rows) for name, rows in held_out.items()}
     return Task(
         name="arith" if cross else "arith_same",
         teacher=assets.qwen_coder_instruct() if cross else assets.smollm2_instruct(),
         student=assets.smollm2_instruct(),
-        train_rows=[chat(q, a) for q, a, _ in map(worked, train)],
+        train_rows=chat_rows(train),
         eval_sets=eval_sets,
         epochs=epochs,
         teacher_epochs=2,
-        other_rows=[chat(q, a) for q, a, _ in map(worked, other)],
-        broad_rows=[chat(q, a) for q, a, _ in map(worked, broad)],
+        other_rows=chat_rows(other),
+        broad_rows=chat_rows(broad),
+    )
+
+
+def open_ended_task(train_size: int, eval_size: int, epochs: int) -> Task:
+    """Human-written prompts and replies with many acceptable phrasings: one (message, reply)
+    pair per conversation of the BYU chitchat corpus (human-human, MIT). Held-out rows come
+    from conversations whose topic prompt no training row has. Teachers: Qwen2.5-Coder-0.5B
+    (other tokenizer) and SmolLM2-135M itself (same vocabulary), each after a stage 1 on the
+    training rows, as the DSKD papers fine-tune their teachers first."""
+    train, held_out = assets.chitchat_pairs(train_size, eval_size)
+    return Task(
+        name="chat",
+        teacher=assets.qwen_coder_instruct(),
+        student=assets.smollm2_instruct(),
+        train_rows=[chat(row["instruction"], row["output"]) for row in train],
+        eval_sets={"chat": held_out},
+        epochs=epochs,
+        teacher_epochs=2,
+        max_new_tokens=64,
+        metric="rouge",
+        same_teacher=assets.smollm2_instruct(),
     )
 
 
@@ -177,14 +188,16 @@ def chat_dataset(path: Path) -> dict[str, Any]:
     }
 
 
-def axolotl_config(base_model: Path, data: Path, run_dir: Path, steps: int, seed: int) -> dict[str, Any]:
+def axolotl_config(
+    base_model: Path, data: Path, run_dir: Path, steps: int, seed: int, sequence_len: int
+) -> dict[str, Any]:
     """Plain Axolotl LoRA settings shared by stage 1 and every stage-2 arm."""
     return {
         "base_model": str(base_model),
         "datasets": [chat_dataset(data)],
         "dataset_prepared_path": str(run_dir.parent / f"prepared-{run_dir.name}"),
         "output_dir": str(run_dir),
-        "sequence_len": 256,
+        "sequence_len": sequence_len,
         **LORA_SETTINGS,
         **TRAIN_SETTINGS,
         "gradient_accumulation_steps": 1,
@@ -232,11 +245,11 @@ def stage1(task: Task, out: Path, variant: str) -> Path:
 
     def make() -> dict[str, Any]:
         data, rows, epochs = out / f"{task.name}-train.jsonl", task.train_rows, task.teacher_epochs
-        if variant != "tuned":
+        if variant not in ("tuned", "same"):
             rows, epochs = (task.other_rows, 1) if variant == "light" else (task.broad_rows, 2)
             data = assets.write_jsonl(rows, out / f"{task.name}-{variant}.jsonl")
         steps = epochs * len(rows) // TRAIN_SETTINGS["micro_batch_size"]
-        cfg = axolotl_config(task.teacher, data, run_dir, steps, seed=0)
+        cfg = axolotl_config(task.teacher_for(variant), data, run_dir, steps, seed=0, sequence_len=task.sequence_len)
         cfg.pop("dskd_teacher_fit_rows")
         path = out / f"{label}.yml"
         path.write_text(yaml.safe_dump(cfg))
@@ -253,9 +266,25 @@ def history(run_dir: Path, steps: int) -> list[dict[str, Any]]:
     return json.loads((run_dir / "log_history.json").read_text())  # the GOLD arm
 
 
+def teacher_cache(task: Task, arm: Arm, cfg: dict[str, Any], out: Path) -> Path:
+    """The teacher cache an arm's seeds share: built once by `axolotl-dskd cache-teacher`
+    from the first seed's config (the cache's rows do not depend on the order or the seed)."""
+    label = f"{task.name}-teacher-cache-{arm.teacher}"
+    cache = out / label
+
+    def make() -> dict[str, Any]:
+        config_path = out / f"{label}.yml"
+        config_path.write_text(yaml.safe_dump(cfg | {"dskd_teacher_cache": str(cache)}))
+        seconds = run_measured([str(BIN / "axolotl-dskd"), "cache-teacher", str(config_path)], out / f"{label}.log")
+        return {"cache": str(cache), "build_seconds": seconds}
+
+    return Path(recorded(out / f"{label}.json", make)["cache"])
+
+
 def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], out: Path) -> dict[str, Any]:
     arm = ARMS[arm_name]
     teacher_adapter = adapters.get(arm.teacher)
+    teacher = task.teacher_for(arm.teacher)
     label = f"{task.name}-{arm_name}-s{seed}"
     run_dir = out / label
     data = out / f"{task.name}-train.jsonl"
@@ -264,13 +293,13 @@ def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], o
         if arm.kind == "gold":
             spec = {
                 "student": str(task.student),
-                "teacher": str(task.teacher),
+                "teacher": str(teacher),
                 "teacher_adapter": str(teacher_adapter) if teacher_adapter else None,
                 "data": str(data),
                 "output_dir": str(run_dir),
                 "steps": task.steps,
                 "seed": seed,
-                "sequence_len": 256,
+                "sequence_len": task.sequence_len,
                 "kd_ratio": arm.settings["dskd_kd_ratio"],
                 "temperature": arm.settings["dskd_temperature"],
                 "lora": LORA_SETTINGS,
@@ -280,14 +309,16 @@ def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], o
             spec_path.write_text(json.dumps(spec))
             command = [sys.executable, str(HERE / "gold_arm.py"), str(spec_path)]
         else:
-            cfg = axolotl_config(task.student, data, run_dir, task.steps, seed)
+            cfg = axolotl_config(task.student, data, run_dir, task.steps, seed, task.sequence_len)
             if arm.kind == "dskd":
-                cfg |= {"plugins": ["axolotl_dskd.DSKDPlugin"], "dskd_teacher_model": str(task.teacher)}
+                cfg |= {"plugins": ["axolotl_dskd.DSKDPlugin"], "dskd_teacher_model": str(teacher)}
                 cfg |= arm.settings
-                if task.teacher != task.student:  # the teacher reads its own template
+                if teacher != task.student:  # the teacher reads its own template
                     cfg["dskd_teacher_chat_template"] = True
                 if teacher_adapter:
                     cfg["dskd_teacher_adapter"] = str(teacher_adapter)
+                if arm.cached:
+                    cfg["dskd_teacher_cache"] = str(teacher_cache(task, arm, cfg, out))
             else:
                 cfg.pop("dskd_teacher_fit_rows")
             config_path = out / f"{label}.yml"
@@ -302,20 +333,23 @@ def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], o
 
 
 def evaluate(task: Task, label: str, model: Path, adapter: Path | None, out: Path) -> dict[str, float]:
-    """Accuracy % per held-out set, from one generation pass over all of them."""
+    """The task's score per held-out set (accuracy %, or mean ROUGE-L F1 x 100), from one
+    greedy generation pass over all of them."""
+    rouge = task.metric == "rouge"
 
     def make() -> dict[str, Any]:
         predictions = out / f"{label}-predictions.jsonl"
-        command = [str(BIN / "axolotl-dskd"), "eval", "--model", str(model), "--task", "gsm"]
-        command += ["--data", str(out / f"{task.name}-eval.jsonl"), "--answer-field", "answer"]
+        command = [str(BIN / "axolotl-dskd"), "eval", "--model", str(model), "--task", "rouge" if rouge else "gsm"]
+        command += ["--data", str(out / f"{task.name}-eval.jsonl"), "--answer-field", "output" if rouge else "answer"]
         command += ["--prompt-format", "chat", "--max-new-tokens", str(task.max_new_tokens), "--batch-size", "25"]
         command += ["--predictions", str(predictions)]
         command += ["--adapter", str(adapter)] if adapter else []
         run_measured(command, out / f"{label}-eval.log")
-        scored = [json.loads(line)["score"] == 100.0 for line in predictions.read_text().splitlines()]
+        scored = [json.loads(line)["score"] for line in predictions.read_text().splitlines()]
+        scored = scored if rouge else [100.0 * (value == 100.0) for value in scored]
         scores, start = {}, 0
         for set_name, rows in task.eval_sets.items():
-            scores[set_name] = 100.0 * sum(scored[start : start + len(rows)]) / len(rows)
+            scores[set_name] = sum(scored[start : start + len(rows)]) / len(rows)
             start += len(rows)
         return scores
 
@@ -333,7 +367,7 @@ def run(task: Task, arms: list[str], seeds: list[int], out: Path) -> None:
     evaluate(task, f"{task.name}-student", task.student, None, out)
     evaluate(task, f"{task.name}-teacher", task.teacher, None, out)
     for variant, adapter in adapters.items():
-        evaluate(task, f"{task.name}-teacher-stage1{stage1_suffix(variant)}", task.teacher, adapter, out)
+        evaluate(task, f"{task.name}-teacher-stage1{stage1_suffix(variant)}", task.teacher_for(variant), adapter, out)
     for seed in seeds:
         for arm_name in arms:
             print(f"quality: {task.name} {arm_name} seed {seed}: {task.steps} steps", flush=True)
@@ -350,6 +384,7 @@ def collect(task: Task, out: Path) -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "task": task.name,
+        "metric": "ROUGE-L F1 x 100" if task.metric == "rouge" else "accuracy %",
         "train_rows": len(task.train_rows),
         "steps": task.steps,
         "stage1": {},
@@ -392,7 +427,8 @@ def print_tables(report: dict[str, Any]) -> None:
     sets = list(report["reference"]["student_before"])
     print(f"\n{report['task']}: {report['train_rows']} training rows, {report['steps']} steps x 8 rows")
     stage1_steps = ", ".join(f"{variant} {record['steps']}" for variant, record in report["stage1"].items())
-    print(f"(stage 1, teacher LoRA steps: {stage1_steps or 'none'}); accuracy % on held-out rows\n")
+    metric = report.get("metric", "accuracy %")
+    print(f"(stage 1, teacher LoRA steps: {stage1_steps or 'none'}); {metric} on held-out rows\n")
     print("| model | seeds | " + " | ".join(sets) + " | train s (mean) |")
     print("|---|---|" + "---|" * len(sets) + "---|")
     for name, scores in report["reference"].items():
@@ -419,7 +455,10 @@ def plot(report: dict[str, Any], out: Path) -> None:
         positions = [k + index * width for k in range(len(sets))]
         axis.bar(positions, [row[s][0] for s in sets], width, yerr=[row[s][1] for s in sets], label=arm, capsize=3)
     axis.set_xticks([k + 0.4 - width / 2 for k in range(len(sets))], sets)
-    axis.set(ylabel="accuracy % (held out)", title=f"{report['task']}: students after {report['steps']} steps")
+    axis.set(
+        ylabel=f"{report.get('metric', 'accuracy %')} (held out)",
+        title=f"{report['task']}: students after {report['steps']} steps",
+    )
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "quality_scores.png", dpi=120)
@@ -440,7 +479,12 @@ def main() -> int:
     parser.add_argument("--out", default="outputs/quality")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), help="default: the deciding arms of --pair")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--pair", choices=["cross", "same"], default="cross", help="teacher tokenizer: other or same")
+    parser.add_argument(
+        "--pair",
+        choices=list(DECIDING_ARMS),
+        default="cross",
+        help="arithmetic with a teacher of another (cross) or the same tokenizer, or the open-ended chat task",
+    )
     parser.add_argument("--train-rows", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=4, help="passes over the training rows")
     parser.add_argument("--eval-rows", type=int, default=50, help="rows per held-out set")
@@ -453,7 +497,10 @@ def main() -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "results.json"
-    task = arithmetic_task(args.train_rows, args.eval_rows, args.epochs, args.pair)
+    if args.pair == "chat":
+        task = open_ended_task(args.train_rows, args.eval_rows, args.epochs)
+    else:
+        task = arithmetic_task(args.train_rows, args.eval_rows, args.epochs, args.pair)
     if not args.report_only:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         run(task, args.arms, args.seeds, out)
