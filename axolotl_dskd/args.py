@@ -7,6 +7,7 @@ config and rejects bad settings with one clear line before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from pydantic import BaseModel, model_validator
 
 from axolotl_dskd.compat import FSDP_VERSION_WHEN_UNSET
-from axolotl_dskd.distill.teacher_cache import CACHE_DTYPES, Manifest, TeacherCacheError
+from axolotl_dskd.distill.teacher_cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
@@ -80,6 +81,16 @@ class DSKDArgs(BaseModel):
     # collator choice and the trainer; not a setting.
     dskd_cross_tokenizer: bool | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_keys(cls, data: Any) -> Any:
+        """A misspelled dskd_ key would otherwise be dropped and its default used silently."""
+        if isinstance(data, dict):
+            for key in data:
+                if isinstance(key, str) and key.startswith("dskd_") and key not in cls.model_fields:
+                    raise DSKDConfigError(unknown_key_message(key, tuple(cls.model_fields)))
+        return data
+
     @model_validator(mode="after")
     def _check_dskd(self) -> DSKDArgs:
         check_settings(self)
@@ -106,6 +117,13 @@ DSKDTrainingArgsMixin = dataclasses.make_dataclass(
     [(name, Any, dataclasses.field(default=info.default)) for name, info in DSKDArgs.model_fields.items()]
     + [("dskd_sequence_len", Any, dataclasses.field(default=None))],  # Axolotl's sequence_len, for generation
 )
+
+
+def unknown_key_message(key: str, known: tuple[str, ...]) -> str:
+    """One line naming the unknown key and the closest known one."""
+    closest = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {closest[0]}?" if closest else "see the README's key reference"
+    return f"{key}: not a key of the DSKD plugin; {hint}"
 
 
 def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -292,6 +310,8 @@ def teacher_cache_settings(cfg: Any) -> dict[str, Any]:
         "dskd_teacher_revision": cfg.dskd_teacher_revision,
         "dskd_teacher_adapter": _local_path(cfg.dskd_teacher_adapter),
         "dskd_teacher_adapter_revision": cfg.dskd_teacher_adapter_revision,
+        "teacher_weights": weights_identity(cfg.dskd_teacher_model),
+        "teacher_adapter_weights": weights_identity(cfg.dskd_teacher_adapter),
         "dskd_teacher_dtype": cfg.dskd_teacher_dtype,
         "dskd_teacher_load_in_8bit": bool(cfg.dskd_teacher_load_in_8bit),
         "dskd_teacher_load_in_4bit": bool(cfg.dskd_teacher_load_in_4bit),
@@ -331,3 +351,7 @@ def check_teacher_cache(cfg: Any) -> None:
             f"dskd_teacher_cache: {cfg.dskd_teacher_cache} was built for another run ({difference}); rebuild it "
             "with `axolotl-dskd cache-teacher cfg.yml`"
         )
+    try:
+        manifest.check_shards(Path(cfg.dskd_teacher_cache))
+    except TeacherCacheError as error:
+        raise DSKDConfigError(str(error)) from None

@@ -70,6 +70,12 @@ class DSKDPlugin(BasePlugin):
             "alignment": cfg.dskd_alignment,
         }
 
+    def pre_model_load(self, cfg: Any) -> None:
+        """Before the student loads: never resume from a checkpoint missing its projector."""
+        from axolotl_dskd.resume import choose_checkpoint
+
+        choose_checkpoint(cfg)
+
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         self._trainer = trainer
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import torch
 from axolotl.core.trainers.base import AxolotlTrainer
@@ -16,18 +17,18 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from axolotl_dskd import engines
 from axolotl_dskd.collator import TEACHER_COLUMNS
 from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
-from axolotl_dskd.distill.fit_check import TeacherFit
+from axolotl_dskd.distill.fit_check import FIT_RECORD, TeacherFit
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch
 from axolotl_dskd.distill.step import DistillationStep
 from axolotl_dskd.distill.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
 from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache, TeacherCacheError, dataset_keys
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.divergences import DivergenceConfig
+from axolotl_dskd.resume import PROJECTOR_FILE
 from axolotl_dskd.tokens.vocab import VocabBridge
 from axolotl_dskd.vocabularies import teacher_tokenizer
 
 LOG = logging.getLogger(__name__)
-PROJECTOR_FILE = "dskd_projector.safetensors"
 
 
 def loss_config(args: object) -> LossConfig:
@@ -71,6 +72,8 @@ class TeacherFitCheck(TrainerCallback):
         trainer = self.trainer
         fit = trainer.measure_teacher_fit(trainer.model_wrapped, args.dskd_teacher_fit_rows)
         if trainer.is_world_process_zero():
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.output_dir) / FIT_RECORD).write_text(fit.to_json() + "\n")
             LOG.info("dskd: teacher fit before training:\n%s", fit.table())
             if fit.warning():
                 LOG.warning(fit.warning())
@@ -305,7 +308,9 @@ class DSKDTrainer(AxolotlTrainer):
         if self.distill.t2s_projector is None:
             return
         os.makedirs(output_dir, exist_ok=True)
-        save_file(self._projector_state() if state is None else state, os.path.join(output_dir, PROJECTOR_FILE))
+        temporary = os.path.join(output_dir, f".{PROJECTOR_FILE}.{os.getpid()}")  # a kill leaves no half file
+        save_file(self._projector_state() if state is None else state, temporary)
+        os.replace(temporary, os.path.join(output_dir, PROJECTOR_FILE))
 
     def _save_checkpoint(self, model, trial, **kwargs):
         self._check_projector_in_sync()

@@ -153,3 +153,47 @@ def test_nothing_pairs_past_the_byte_where_a_stream_stops_spelling_the_text() ->
     )
     assert got[0].tolist() == [[3, 4]]  # nothing pairs after the first differing byte; EOS still does
     assert got[1].tolist() == []  # 'ab' + 'c' vs 'a' + 'b': no identical span
+
+
+BYTE_TOKENS = [f"<0x{byte:02X}>" for byte in range(256)]
+
+
+def _byte_fallback_tokenizer(out_dir, registration: str):
+    """A SentencePiece-style BPE (▁ for spaces, <0xNN> byte fallback) trained on Latin text
+    only, so CJK and emoji fall back to bytes; its <0xNN> pieces are in the model's vocabulary
+    and, as some conversions ship them, also listed as added or special tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.tiny import EOS
+
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS, *BYTE_TOKENS])
+    spm = Tokenizer(models.BPE(byte_fallback=True))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")  # no dummy prefix: the oracle pairs 1:1
+    spm.decoder = decoders.Sequence([decoders.Metaspace(prepend_scheme="never"), decoders.ByteFallback()])
+    spm.train_from_iterator([CORPUS[0], CORPUS[1]] * 10, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, eos_token=EOS, pad_token=EOS, unk_token=EOS)
+    if registration == "added":
+        tokenizer.add_tokens([AddedToken(token, special=False, normalized=False) for token in BYTE_TOKENS])
+    elif registration == "special":
+        tokenizer.add_special_tokens({"additional_special_tokens": BYTE_TOKENS})
+    tokenizer.save_pretrained(out_dir)
+    return PreTrainedTokenizerFast.from_pretrained(out_dir)
+
+
+@pytest.mark.parametrize("registration", ["added", "special"])
+def test_byte_fallback_pieces_keep_their_bytes_however_they_are_registered(pair, tmp_path, registration) -> None:
+    big, _, big_table, _ = pair
+    spm = _byte_fallback_tokenizer(tmp_path / registration, registration)
+    assert all(spm.convert_tokens_to_ids(token) in spm.added_tokens_decoder for token in BYTE_TOKENS)
+    spm_table = token_bytes_table(spm)
+    text = "家族 日本語 🎉 and more"
+    ids = spm(text, add_special_tokens=False)["input_ids"]
+    assert sum(spm.convert_ids_to_tokens(i) in BYTE_TOKENS for i in ids) >= 12  # CJK and emoji fell back to bytes
+    assert byte_spans(ids, spm_table)[2] == text.encode()
+    student_ids = big(text, add_special_tokens=False)["input_ids"] + [big.eos_token_id]
+    teacher_ids = ids + [spm.eos_token_id]
+    pairs = exact_pairs(student_ids, teacher_ids, big_table, spm_table, big.eos_token_id, spm.eos_token_id)
+    expected = _oracle(student_ids, teacher_ids, big_table, spm_table)
+    assert [tuple(p) for p in pairs.tolist()[:-1]] == expected
+    assert len(expected) >= 4  # the byte pieces of 家 pair with the student's; none did when they lost their bytes

@@ -115,6 +115,35 @@ def test_gradient_accumulation_split_gives_the_same_loss_and_gradients(models, m
         assert torch.allclose(whole, split, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["dskd", "vanilla_kd"])
+def test_a_step_without_response_tokens_gives_loss_zero_and_zero_gradients(models, method: str) -> None:
+    """A micro-batch, or a whole step, whose rows were all truncated to their prompts: loss 0
+    and zero gradients (as plain Axolotl logs), never a division by zero."""
+    student, teacher, batch, vocab_size = models
+    step = DistillationStep(student, teacher, LossConfig(method=method, chunk_size=16), vocab_size)
+    no_response = batch | {"labels": torch.full_like(batch["labels"], -100)}
+    trained = [p for p in [*student.parameters(), *step.parameters()] if p.requires_grad]
+    for num_items in (torch.tensor(0), None):  # the whole step has none; no count was given
+        for p in trained:
+            p.grad = None
+        loss, metrics = step(student, no_response, num_items)
+        loss.backward()
+        assert loss.item() == 0.0 and metrics["ce_loss"] == 0.0
+        assert all(p.grad is None or not p.grad.any() for p in trained)
+    # accumulated beside a micro-batch with responses, it changes neither loss nor gradients
+    num_items = (batch["labels"][:, 1:] != -100).sum()
+    results = []
+    for micro_batches in ([no_response, batch], [batch]):
+        for p in trained:
+            p.grad = None
+        total = sum(step(student, micro, num_items)[0] for micro in micro_batches)
+        total.backward()
+        results.append((total.item(), [p.grad.clone() for p in trained]))
+    (mixed_loss, mixed_grads), (alone_loss, alone_grads) = results
+    assert mixed_loss == pytest.approx(alone_loss, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(mixed_grads, alone_grads, strict=True))
+
+
 def test_padded_teacher_head_never_predicts_padding_rows(models) -> None:
     student, teacher, _, vocab_size = models
     step = DistillationStep(student, teacher, LossConfig(), vocab_size)

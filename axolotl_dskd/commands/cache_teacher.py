@@ -3,8 +3,11 @@ store what the loss reads of it (see `distill.teacher_cache`).
 
 The rows are Axolotl's prepared dataset for the config, collated by the collator training
 uses (so with different tokenizers the teacher sees the same re-tokenization and the cache
-holds exactly the aligned rows). Shards are written whole, one at a time; a rerun skips
-finished shards, and several processes (torchrun / accelerate launch) split the shards.
+holds exactly the aligned rows). Shards are written whole, one at a time, each stamped
+with its build (settings and teacher weights), its rows and a digest of its contents; a
+rerun keeps the shards whose stamp matches and whose contents check out, rewrites the
+others (saying which and why) and deletes shards of an older layout. Several processes
+(torchrun / accelerate launch) split the shards.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from axolotl_dskd.distill.teacher_cache import (
     CACHE_DTYPES,
     HEAD_FILE,
     Manifest,
+    ShardStamp,
     SplitInfo,
+    TeacherCacheError,
     dataset_keys,
     fingerprint,
     per_row,
+    rows_digest,
     shard_name,
+    verify_shard,
     write_shard,
 )
 
@@ -81,6 +88,51 @@ def teacher_rows_by_row(teacher: torch.nn.Module, batch: dict[str, torch.Tensor]
     return per_row(live_teacher_rows(teacher, batch, rows, cross), rows.teacher_index[0], batch["labels"].shape[0])
 
 
+def stale_reason(path: Path, build: str, keys: list[str]) -> str | None:
+    """Why an existing shard cannot be kept (None: it can)."""
+    if not path.exists():
+        return "missing"
+    try:
+        stamp = ShardStamp.read(path)
+        if stamp.build != build:
+            return "built with another teacher, adapter, dtype or settings"
+        if stamp.rows != rows_digest(keys):
+            return "the dataset's rows for it changed"
+        verify_shard(path)
+    except TeacherCacheError as error:
+        return str(error).removeprefix("dskd_teacher_cache: ")
+    return None
+
+
+def remove_orphaned_temporaries(out: Path) -> None:
+    """Half-written files of builds that were killed (named `.NAME.PID`; a live process's
+    own are kept, so ranks building beside each other never lose theirs)."""
+    for path in out.glob(".*.safetensors.*"):
+        pid = path.name.rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_other_layouts(out: Path, split: str, shard_count: int) -> None:
+    """Shards of this split from a build with another shard count (the data grew or shrank)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for path in out.glob(f"{split}-*-of-*.safetensors"):
+        if not path.name.endswith(f"-of-{shard_count:05d}.safetensors"):
+            LOG.warning("cache-teacher: removing %s: a shard of an earlier layout", path.name)
+            path.unlink()
+
+
 def build_split(
     teacher: torch.nn.Module,
     collator: Any,
@@ -89,10 +141,12 @@ def build_split(
     split: str,
     settings: argparse.Namespace,
     cross: bool,
+    build: str,
 ) -> SplitInfo:
-    """Write this process's shards of one split (skipping finished ones)."""
+    """Write this process's shards of one split (keeping finished ones of this build)."""
     keys = dataset_keys(dataset)
     shard_count = max(1, math.ceil(len(dataset) / settings.shard_rows))
+    remove_other_layouts(out, split, shard_count)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     dtype = CACHE_DTYPES[settings.dtype]
     mine = [index for index in range(shard_count) if index % world == rank]
@@ -102,9 +156,12 @@ def build_split(
     for index in mine:
         first, last = index * settings.shard_rows, min(len(dataset), (index + 1) * settings.shard_rows)
         name = shard_name(split, index, shard_count)
-        if (out / name).exists():
+        reason = stale_reason(out / name, build, keys[first:last])
+        if reason is None:
             bar.update(last - first)
             continue
+        if reason != "missing":
+            LOG.warning("cache-teacher: rewriting %s: %s", name, reason)
         stored: dict[str, torch.Tensor] = {}
         for start in range(first, last, settings.batch_size):
             indices = range(start, min(last, start + settings.batch_size))
@@ -114,7 +171,7 @@ def build_split(
             for i, rows in zip(indices, hidden_rows, strict=True):
                 stored.setdefault(keys[i], rows.to("cpu", dtype).clone())
             bar.update(len(indices))
-        write_shard(out, name, stored)
+        write_shard(out, name, stored, build)
     bar.close()
     return SplitInfo(rows=len(dataset), shards=shard_count, fingerprint=fingerprint(keys))
 
@@ -131,6 +188,7 @@ def write_cache(
     """Build every split's shards of this process; rank 0 then writes the head and the
     manifest (written last: a folder without it is no cache)."""
     out.mkdir(parents=True, exist_ok=True)
+    remove_orphaned_temporaries(out)
     head = output_head(teacher).detach()
     manifest = Manifest(
         settings=settings,
@@ -140,11 +198,39 @@ def write_cache(
     )
     for split, dataset in splits.items():
         if dataset is not None and len(dataset):
-            manifest.splits[split] = build_split(teacher, collator, dataset, out, split, options, cross)
+            manifest.splits[split] = build_split(teacher, collator, dataset, out, split, options, cross, manifest.build)
     if int(os.environ.get("RANK", "0")) == 0:
-        save_file({"weight": head.to("cpu").contiguous()}, str(out / HEAD_FILE))
+        temporary = out / f".{HEAD_FILE}.{os.getpid()}"
+        save_file({"weight": head.to("cpu").contiguous()}, str(temporary))
+        os.replace(temporary, out / HEAD_FILE)
         manifest.write(out)
     return manifest
+
+
+def unwritable(out: Path) -> str | None:
+    """Why the cache folder cannot be written (None: it can), found before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
+def verify(out: Path) -> int:
+    """Check every shard of a built cache against its stamp and contents digest."""
+    try:
+        manifest = Manifest.read(out)
+        manifest.check_shards(out)
+        for name in tqdm(manifest.shard_names(), desc="cache-teacher verify"):
+            verify_shard(out / name)
+    except TeacherCacheError as error:
+        print(f"cache-teacher: {error}")
+        return 1
+    print(f"cache-teacher: {out}: {len(manifest.shard_names())} shards verified")
+    return 0
 
 
 def cache_teacher(args: argparse.Namespace) -> int:
@@ -163,6 +249,12 @@ def cache_teacher(args: argparse.Namespace) -> int:
         print("cache-teacher: give --out DIR or set dskd_teacher_cache in the config")
         return 2
     out = Path(out_dir)
+    if args.verify:
+        return verify(out)
+    problem = unwritable(out)
+    if problem:
+        print(f"cache-teacher: cannot write the cache to {out}: {problem}")
+        return 2
     args.dtype = args.dtype or cfg.dskd_teacher_cache_dtype
     args.batch_size = args.batch_size or cfg.micro_batch_size or 1
     data = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())

@@ -218,7 +218,9 @@ class DistillationStep(nn.Module):
         cfg, weights, cross = self.loss_cfg, term_weights(self.loss_cfg), self.bridge is not None
 
         def gold_divisor(n_rows: int) -> float:
-            return max(n_rows, 1) if num_items_in_batch is None else float(num_items_in_batch)
+            # a step whose rows were all cut to their prompts has no response token: its sums
+            # are 0, so any divisor gives loss 0 (as plain Axolotl logs) instead of 0 / 0
+            return float(max(n_rows if num_items_in_batch is None else int(num_items_in_batch), 1))
 
         def off_policy(n_rows: int, pairs: tuple[int, int] | None) -> LossTerms[float]:
             divisor = gold_divisor(n_rows)

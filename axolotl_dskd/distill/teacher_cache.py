@@ -6,6 +6,12 @@ aligned ones with two) and the output head. Stored once, they stand in for the t
 body, and every loss term (the cross-tokenizer ones included) is computed as with the live
 teacher. Rows are found by a digest of the student's tokens and labels, so any sampler,
 shuffling or rank split finds them; shards are safetensors files, memory-mapped on read.
+
+Every shard carries, in its own safetensors metadata, the build it belongs to (a digest of
+the manifest's settings, the teacher's weights included), a digest of the row keys it
+holds and a digest of its contents. A rebuild keeps only shards whose three still match,
+the settings check (before any model loads) reads every shard's header, and a shard's
+contents are checked against their digest the first time training reads from it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-FORMAT = 1
+FORMAT = 2  # 2: shards carry build, rows and content digests
 MANIFEST = "manifest.json"
 HEAD_FILE = "teacher_head.safetensors"
 CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -61,6 +67,65 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.safetensors"
 
 
+def weights_identity(path: str | None) -> str | None:
+    """What names a local model or adapter folder's weights without reading them whole: each
+    weight file's name, size, and a digest of its first 1 MiB and of 64 blocks of 64 KiB
+    spread over it, so retraining into the same folder (new values, same names and sizes)
+    changes it. Hub ids are named by their id and revision in the settings instead."""
+    if not path or not Path(path).is_dir():
+        return None
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(path).iterdir() if p.suffix in {".safetensors", ".bin"} and p.is_file())
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}|".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            for block in range(64):
+                handle.seek(block * size // 64)
+                digest.update(handle.read(1 << 16))
+    return digest.hexdigest()[:32]
+
+
+def rows_digest(keys: Iterable[str]) -> str:
+    """Which rows a shard holds, whatever their order."""
+    return hashlib.sha256("\n".join(sorted(set(keys))).encode()).hexdigest()[:32]
+
+
+def contents_digest(keys: Iterable[str], tensor: Callable[[str], torch.Tensor]) -> str:
+    """A digest of every stored value, by key (`tensor(key)` reads one): what a flipped bit
+    in a shard changes."""
+    digest = hashlib.sha256()
+    for key in sorted(keys):
+        digest.update(key.encode())
+        digest.update(tensor(key).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ShardStamp:
+    """What a shard says of itself (its safetensors metadata)."""
+
+    build: str
+    rows: str
+    contents: str
+
+    @classmethod
+    def read(cls, path: Path) -> ShardStamp:
+        """The stamp from the shard's header; a truncated or foreign file is named."""
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except Exception as error:  # safetensors raises its own types for unreadable headers
+            raise TeacherCacheError(
+                f"dskd_teacher_cache: {path} is unreadable ({error}); rebuild it with `axolotl-dskd cache-teacher "
+                "cfg.yml`, which rewrites only the shards that are damaged"
+            ) from None
+        if not {"build", "rows", "contents"} <= set(metadata):
+            raise TeacherCacheError(f"dskd_teacher_cache: {path} has no build stamp; rebuild the cache")
+        return cls(metadata["build"], metadata["rows"], metadata["contents"])
+
+
 @dataclass
 class SplitInfo:
     rows: int
@@ -79,6 +144,31 @@ class Manifest:
     teacher_dtype: str
     splits: dict[str, SplitInfo] = field(default_factory=dict)
     format: int = FORMAT
+
+    @property
+    def build(self) -> str:
+        """The digest every shard of this build carries: settings (teacher weights
+        included), storage dtype and the teacher's dtype."""
+        identity = {"settings": self.settings, "dtype": self.dtype, "teacher_dtype": self.teacher_dtype}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+    def shard_names(self) -> list[str]:
+        return [shard_name(split, i, info.shards) for split, info in self.splits.items() for i in range(info.shards)]
+
+    def check_shards(self, directory: Path) -> None:
+        """Every shard is there, readable, and of this build (headers only: cheap enough to
+        run before any model loads)."""
+        for name in self.shard_names():
+            if not (directory / name).is_file():
+                raise TeacherCacheError(
+                    f"dskd_teacher_cache: {directory} is incomplete ({name} is missing); "
+                    "rerun `axolotl-dskd cache-teacher` to finish it"
+                )
+            if ShardStamp.read(directory / name).build != self.build:
+                raise TeacherCacheError(
+                    f"dskd_teacher_cache: {directory / name} belongs to another build than the manifest; "
+                    "rerun `axolotl-dskd cache-teacher` to rewrite it"
+                )
 
     def write(self, directory: Path) -> None:
         temporary = directory / f".{MANIFEST}.{os.getpid()}"
@@ -110,11 +200,29 @@ class Manifest:
         return None
 
 
-def write_shard(directory: Path, name: str, rows: dict[str, torch.Tensor]) -> None:
-    """Written whole or not at all: an interrupted build leaves no half shard behind."""
+def write_shard(directory: Path, name: str, rows: dict[str, torch.Tensor], build: str) -> None:
+    """Written whole or not at all (an interrupted build leaves no half shard behind),
+    stamped with its build, its rows and a digest of its contents."""
+    tensors = {key: tensor.contiguous() for key, tensor in rows.items()}
+    stamp = {"build": build, "rows": rows_digest(tensors), "contents": contents_digest(tensors, tensors.__getitem__)}
     temporary = directory / f".{name}.{os.getpid()}"
-    save_file({key: tensor.contiguous() for key, tensor in rows.items()}, str(temporary))
+    save_file(tensors, str(temporary), metadata=stamp)
     os.replace(temporary, directory / name)
+
+
+def verify_shard(path: Path) -> None:
+    """The shard's contents still match the digest written with them."""
+    stamp = ShardStamp.read(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            found = contents_digest(handle.keys(), handle.get_tensor)
+    except Exception as error:  # a truncated data section fails while reading
+        raise TeacherCacheError(f"dskd_teacher_cache: {path} is unreadable ({error}); rebuild the cache") from None
+    if found != stamp.contents:
+        raise TeacherCacheError(
+            f"dskd_teacher_cache: {path} is corrupted (its contents differ from the digest written when it was "
+            "built); rerun `axolotl-dskd cache-teacher cfg.yml`, which rewrites only the damaged shards"
+        )
 
 
 def per_row(teacher_rows: torch.Tensor, batch_rows: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
@@ -134,18 +242,13 @@ class TeacherCache:
         self.manifest = Manifest.read(self.directory)
         self._shards: dict[str, Any] = {}
         self._where: dict[str, str] = {}
-        for split, info in self.manifest.splits.items():
-            for index in range(info.shards):
-                name = shard_name(split, index, info.shards)
-                if not (self.directory / name).is_file():
-                    raise TeacherCacheError(
-                        f"dskd_teacher_cache: {self.directory} is incomplete ({name} is missing); "
-                        "rerun `axolotl-dskd cache-teacher` to finish it"
-                    )
-                handle = safe_open(str(self.directory / name), framework="pt")
-                self._shards[name] = handle
-                for key in handle.keys():
-                    self._where.setdefault(key, name)
+        self._verified: set[str] = set()
+        self.manifest.check_shards(self.directory)
+        for name in self.manifest.shard_names():
+            handle = safe_open(str(self.directory / name), framework="pt")
+            self._shards[name] = handle
+            for key in handle.keys():
+                self._where.setdefault(key, name)
 
     def check_split(self, split: str, keys: Iterable[str]) -> None:
         """The run's prepared rows are the rows the cache was built from."""
@@ -171,6 +274,9 @@ class TeacherCache:
                     f"dskd_teacher_cache: row {position} of this batch (key {key}) is not in {self.directory}; "
                     "the cache was built from other data: rebuild it"
                 )
+            if name not in self._verified:  # once per shard: one read of its bytes
+                verify_shard(self.directory / name)
+                self._verified.add(name)
             tensors.append(self._shards[name].get_tensor(key))
         counts = torch.tensor([tensor.shape[0] for tensor in tensors], dtype=torch.long)
         if tensors:

@@ -65,13 +65,17 @@ def token_bytes_table(tokenizer: PreTrainedTokenizerBase) -> list[bytes | None]:
     """For each id, the exact text bytes it stands for; None for special tokens.
 
     Byte-level BPE (Ġ, Ċ, Ã©) is mapped back through GPT-2's byte table; SentencePiece
-    pieces get '▁' -> space and <0xNN> -> byte NN; added non-special tokens are literal.
+    pieces get '▁' -> space and <0xNN> -> byte NN, however the <0xNN> piece is registered
+    (some conversions list them as added or even special tokens, yet the model's byte
+    fallback still emits them for text); other added non-special tokens are literal.
     """
     byte_level = _uses_byte_level(tokenizer)
     table: list[bytes | None] = [None] * len(tokenizer)
     added = tokenizer.added_tokens_decoder
     for token, token_id in tokenizer.get_vocab().items():
-        if token_id in added:
+        if BYTE_FALLBACK.fullmatch(token):
+            table[token_id] = _token_bytes(token, byte_level)
+        elif token_id in added:
             table[token_id] = None if added[token_id].special else added[token_id].content.encode("utf-8")
         else:
             table[token_id] = _token_bytes(token, byte_level)

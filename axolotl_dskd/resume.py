@@ -1,0 +1,78 @@
+"""Which checkpoint a resumed DSKD run starts from, decided before any model loads.
+
+A DSKD checkpoint is the student's (HF writes it) plus the t2s projector (we write it
+after). A kill between the two leaves a checkpoint without its projector; resuming from it
+would restore the student and lose the projector's training. Such a checkpoint is never
+picked silently: auto-resume falls back to the newest complete one with a WARNING naming
+both, and an explicit `resume_from_checkpoint` to an incomplete one stops with one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from axolotl_dskd.errors import DSKDConfigError
+
+LOG = logging.getLogger(__name__)
+PROJECTOR_FILE = "dskd_projector.safetensors"
+
+
+def missing_part(checkpoint: Path) -> str | None:
+    """What a checkpoint lacks to resume a DSKD run (None: nothing)."""
+    if not (checkpoint / "trainer_state.json").is_file():
+        return "no trainer_state.json"
+    projector = checkpoint / PROJECTOR_FILE
+    if not projector.is_file():
+        return f"no {PROJECTOR_FILE}"
+    try:
+        with safe_open(str(projector), framework="pt") as handle:
+            for key in handle.keys():
+                handle.get_tensor(key)
+    except Exception as error:  # safetensors raises its own types for damaged files
+        return f"an unreadable {PROJECTOR_FILE} ({error})"
+    return None
+
+
+def checkpoints(output_dir: str) -> list[Path]:
+    """The run's checkpoints, newest first."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+
+def choose_checkpoint(cfg: Any) -> None:
+    """Check an explicit `resume_from_checkpoint`, or point auto-resume at the newest
+    complete checkpoint (Axolotl itself would take the newest one, complete or not)."""
+    if cfg.get("dskd_method", "dskd") != "dskd":  # vanilla KD has no projector to restore
+        return
+    explicit = cfg.get("resume_from_checkpoint")
+    if explicit:
+        problem = missing_part(Path(explicit))
+        if problem:
+            raise DSKDConfigError(
+                f"resume_from_checkpoint: {explicit} has {problem}, so the DSKD run cannot be restored from it "
+                "(a run killed while saving leaves such a checkpoint); point it at an earlier checkpoint"
+            )
+        return
+    if not cfg.get("auto_resume_from_checkpoints") or not cfg.get("output_dir"):
+        return
+    found = checkpoints(cfg["output_dir"])
+    complete = [checkpoint for checkpoint in found if missing_part(checkpoint) is None]
+    if not found or found[0] in complete[:1]:
+        return
+    newest = found[0]
+    if not complete:
+        raise DSKDConfigError(
+            f"auto_resume_from_checkpoints: no checkpoint in {cfg['output_dir']} is complete (the newest, "
+            f"{newest}, has {missing_part(newest)}); remove the incomplete ones to start afresh"
+        )
+    LOG.warning(
+        "dskd: %s has %s (a run killed while saving leaves that); resuming from %s instead",
+        newest,
+        missing_part(newest),
+        complete[0],
+    )
+    cfg["resume_from_checkpoint"] = str(complete[0])
