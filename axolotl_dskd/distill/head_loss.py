@@ -60,7 +60,7 @@ class HeadLoss(nn.Module):
             self.student_vocab,
             self.teacher_vocab,
             None if self.t2s_projector is None else self.t2s_projector.weight,
-            self.s2t_map.weight(student_head) if self.s2t_map and teacher_space else None,
+            self.s2t_map.weight(student_head, teacher_head) if self.s2t_map and teacher_space else None,
             None if to_student is None else to_student.to(teacher_head.device),
             None if to_teacher is None else to_teacher.to(teacher_head.device),
         )
