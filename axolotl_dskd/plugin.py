@@ -14,6 +14,21 @@ from axolotl_dskd.args import DSKD_KEYS
 LOG = logging.getLogger(__name__)
 
 
+def log_memory_plan(cfg: Any, processes: int) -> None:
+    """The `axolotl-dskd plan` table, once, as training starts."""
+    from axolotl_dskd.commands.plan import plan
+
+    try:
+        estimate = plan(cfg, gpus=processes)
+    except Exception as error:  # a model whose config cannot be built on the meta device
+        LOG.warning("dskd: no memory plan for this run (%s)", error)
+        return
+    LOG.info(
+        "dskd: memory plan per GPU (estimates; `axolotl-dskd plan cfg.yml` prints it before a run):\n%s",
+        estimate.table(),
+    )
+
+
 class DSKDPlugin(BasePlugin):
     """Dual-Space Knowledge Distillation. YAML: `plugins: [axolotl_dskd.DSKDPlugin]`."""
 
@@ -78,6 +93,8 @@ class DSKDPlugin(BasePlugin):
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
         self._trainer = trainer
+        if trainer.is_world_process_zero():
+            log_memory_plan(cfg, trainer.accelerator.num_processes)
 
     def post_train(self, cfg: Any, model: Any) -> None:
         """Write the projector next to the final model (runs twice in Axolotl; idempotent)."""

@@ -113,6 +113,21 @@ def add_cache_teacher_parser(commands: Any) -> None:
     parser.set_defaults(handler=cache_teacher)
 
 
+def plan(args: argparse.Namespace) -> int:
+    from axolotl_dskd.commands.plan import plan_command
+
+    return plan_command(args)
+
+
+def add_plan_parser(commands: Any) -> None:
+    parser = commands.add_parser("plan", help="memory per component on one GPU, from the YAML alone (no weights read)")
+    parser.add_argument("config", help="the Axolotl YAML of the DSKD run")
+    parser.add_argument("--gpu-memory", help="memory of one GPU, e.g. 24GiB; says whether the run fits (exit 1 if not)")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs the run shares ZeRO/FSDP state over (default 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: components, total, fits")
+    parser.set_defaults(handler=plan)
+
+
 def add_eval_parser(commands: Any) -> None:
     from axolotl_dskd.commands.evaluate import PROMPT_FORMATS, TASKS
 
@@ -161,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_parser.add_argument("--rows", type=int, help="training rows to score (default: dskd_teacher_fit_rows or 64)")
     fit_parser.set_defaults(handler=teacher_fit)
     add_cache_teacher_parser(commands)
+    add_plan_parser(commands)
     args = parser.parse_args(argv)
     return args.handler(args)
 
