@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from axolotl_dskd.loss import IGNORE_INDEX
 from axolotl_dskd.packing import bins_of, is_packed, packed_row
 from axolotl_dskd.row_collator import DSKDRowCollator
 from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat
 from axolotl_dskd.tokens.vocab import load_tokenizer, marker_free_table, token_bytes_table
 
-IGNORE_INDEX = -100
 TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # rows of an axolotl_dskd.chat_template dataset
 
 

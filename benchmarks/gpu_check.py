@@ -2,7 +2,8 @@
 `accelerate launch` trainings of a same-vocabulary pair (SmolLM2-135M-Instruct -> its
 first 8 layers) and of the demo's cross-tokenizer pair (Qwen2.5-Coder-0.5B-Instruct -> SmolLM2),
 each reporting whether it trained (finite, falling loss), tokens/s per GPU and peak GPU
-memory from Axolotl's own logs; then DSKD vs SFT throughput and memory side by side.
+memory from Axolotl's own logs beside what `axolotl-dskd plan` estimated for the same
+config; then DSKD vs SFT throughput and memory side by side.
 
     python benchmarks/gpu_check.py [--out outputs/gpu_check] [--steps 12] [--dry-run]
 
@@ -116,7 +117,15 @@ def run(name: str, cfg: dict[str, Any], processes: int, expected_error: str | No
         "note": f"loss {losses[0]:.3f} -> {losses[-1]:.3f}",
         "tokens_per_s": statistics.median(speeds[1:] or speeds) if speeds else None,
         "peak_gib": max(memory) if memory else None,
+        "planned_gib": planned_gib(path, processes),
     }
+
+
+def planned_gib(path: Path, processes: int) -> float | None:
+    """What `axolotl-dskd plan` estimated for this config, to set beside the measured peak."""
+    command = [str(BIN / "axolotl-dskd"), "plan", "--json", "--gpus", str(processes), str(path)]
+    result = subprocess.run(command, env=offline_env(), capture_output=True, text=True)
+    return json.loads(result.stdout)["total"] / 2**30 if result.returncode == 0 else None
 
 
 def main() -> int:
@@ -136,7 +145,10 @@ def main() -> int:
         result = results[name]
         speed = f"{result['tokens_per_s']:.0f} tok/s/GPU" if result.get("tokens_per_s") else ""
         memory = f"{result['peak_gib']:.2f} GiB" if result.get("peak_gib") else ""
-        print(f"{'PASS' if result['ok'] else 'FAIL'}  {name:<32} {result['note']:<30} {speed:>16} {memory:>10}")
+        planned = f"plan {result['planned_gib']:.2f} GiB" if result.get("planned_gib") else ""
+        print(
+            f"{'PASS' if result['ok'] else 'FAIL'}  {name:<32} {result['note']:<30} {speed:>16} {memory:>10} {planned}"
+        )
     if args.dry_run:
         print(f"configs written to {out}")
         return 0

@@ -18,9 +18,9 @@ import torch
 from transformers import PreTrainedModel
 
 from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
+from axolotl_dskd.loss import IGNORE_INDEX
 from axolotl_dskd.packing import batch_is_packed, sub_rows
 
-IGNORE_INDEX = -100
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
 
 

@@ -24,6 +24,7 @@ from axolotl_dskd.distill.teacher_cache import (
     cached_teacher_rows,
 )
 from axolotl_dskd.engines import Engine
+from axolotl_dskd.loss import IGNORE_INDEX
 from axolotl_dskd.loss.chunked import divided_weights, term_weights
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
@@ -33,7 +34,6 @@ from axolotl_dskd.packing import model_inputs
 from axolotl_dskd.tokens.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 # what a batch carries beside the student's fields for the teacher (the collators fill them)
 TEACHER_FIELDS = (
     "teacher_input_ids",

@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.loss import closed_form
+from axolotl_dskd.loss import IGNORE_INDEX, closed_form
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.divergences import divergence
 from axolotl_dskd.loss.heads import Heads
@@ -68,7 +68,7 @@ def _pair_terms(
     # fp32 projector, or bf16 when DeepSpeed's bf16 engine cast it with the student
     projected_teacher = F.linear(teacher_hidden.to(heads.t2s_weight.dtype), heads.t2s_weight).float()
     t2s_logits = _logits(projected_teacher, heads.student_head.detach())
-    t2s_ce = F.cross_entropy(t2s_logits, torch.where(valid, t2s_label, -100), reduction="sum")
+    t2s_ce = F.cross_entropy(t2s_logits, torch.where(valid, t2s_label, IGNORE_INDEX), reduction="sum")
     t2s_pred = t2s_logits[:, : heads.student_vocab].argmax(-1)
     agree = valid & (t2s_pred == t2s_label)
     t2s_kd_rows = divergence(t2s_logits.detach(), student_logits, cfg.divergence)

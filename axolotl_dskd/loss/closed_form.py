@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from axolotl_dskd.loss import IGNORE_INDEX
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.teacher_fit import teacher_fit_counts
@@ -152,7 +153,7 @@ def pair_chunk(
     _log_softmax_(t2s_logits.div_(temperature), target_p)
     target_p_log_p = _row_dot_(t2s_logits, target_p)
 
-    gold = labels != -100
+    gold = labels != IGNORE_INDEX
     safe_labels = labels.clamp_min(0)
     grad_student_logits = t2s_logits.copy_(student_logits)  # becomes the gradient of z_s
     ce_rows = (_softmax_(grad_student_logits) - student_logits[arange, safe_labels]) * gold
