@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from axolotl_dskd.compat import FSDP_VERSION_WHEN_UNSET
 from axolotl_dskd.distill.teacher_cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
@@ -39,47 +39,129 @@ INCOMPATIBLE_FLAGS = {
 class DSKDArgs(BaseModel):
     """YAML keys of the DSKD plugin. Defaults follow the DSKDv2 scripts."""
 
-    dskd_teacher_model: str | None = None
-    dskd_teacher_revision: str | None = None
-    dskd_teacher_adapter: str | None = None
-    dskd_teacher_adapter_revision: str | None = None
-    dskd_teacher_dtype: str = "auto"
-    dskd_teacher_load_in_8bit: bool = False
-    dskd_teacher_load_in_4bit: bool = False
-    dskd_teacher_trust_remote_code: bool = False
-    dskd_teacher_tokenizer: str | None = None
-    dskd_alignment: str = "exact"
-    dskd_teacher_chat_template: bool = False
+    dskd_teacher_model: str | None = Field(
+        None,
+        description=("teacher: local dir or hub id; the same or another tokenizer than the student's (required)"),
+    )
+    dskd_teacher_revision: str | None = Field(None, description="hub revision of the teacher")
+    dskd_teacher_adapter: str | None = Field(
+        None,
+        description=(
+            "a PEFT LoRA/QLoRA adapter for the teacher (stage 1's output_dir or a hub id), applied at load, frozen"
+        ),
+    )
+    dskd_teacher_adapter_revision: str | None = Field(None, description="hub revision of the adapter")
+    dskd_teacher_dtype: str = Field(
+        "auto",
+        description=("`auto` (= the student's compute dtype) | `float32` | `bfloat16` | `float16`"),
+    )
+    dskd_teacher_load_in_8bit: bool = Field(False, description="load the teacher in 8-bit (bitsandbytes)")
+    dskd_teacher_load_in_4bit: bool = Field(
+        False,
+        description=("load the teacher in 4-bit NF4 with double quantization (bitsandbytes)"),
+    )
+    dskd_teacher_trust_remote_code: bool = Field(False, description="allow custom modeling code for the teacher")
+    dskd_teacher_tokenizer: str | None = Field(
+        None,
+        description=("teacher tokenizer dir or hub id (null = the teacher model's)"),
+    )
+    dskd_alignment: str = Field(
+        "exact",
+        description=("different tokenizers: `exact` (byte-exact pairs) | `eta_strict` (the paper's greedy ETA)"),
+    )
+    dskd_teacher_chat_template: bool = Field(
+        False,
+        description=(
+            "different tokenizers + `type: chat_template` datasets: render each conversation for the teacher with"
+            " the teacher tokenizer's own chat template"
+        ),
+    )
 
     # the loss knobs' defaults have one home: the loss's own config classes
-    dskd_method: str = LossConfig.method
-    dskd_kd_ratio: float = LossConfig.kd_ratio
-    dskd_temperature: float = DivergenceConfig.temperature
-    dskd_divergence: str = DivergenceConfig.name
-    dskd_skew_lambda: float = DivergenceConfig.skew_lambda
-    dskd_adaptive_kl_alpha: float = DivergenceConfig.adaptive_kl_alpha
+    dskd_method: str = Field(
+        LossConfig.method,
+        description=(
+            "`dskd` (DSKDv2 dual-space loss) | `vanilla_kd` (plain logit KD, the baseline; shared vocabulary only)"
+        ),
+    )
+    dskd_kd_ratio: float = Field(LossConfig.kd_ratio, description="alpha in `(1 - alpha) * CE + alpha * KD`, in [0, 1]")
+    dskd_temperature: float = Field(
+        DivergenceConfig.temperature,
+        description=("applied to both distributions of every KD term (no T² factor, as in DSKD)"),
+    )
+    dskd_divergence: str = Field(
+        DivergenceConfig.name,
+        description=(
+            "`forward_kl` | `reverse_kl` | `js` | `skewed_forward_kl` | `skewed_reverse_kl` | `adaptive_kl` | `tvd`"
+        ),
+    )
+    dskd_skew_lambda: float = Field(DivergenceConfig.skew_lambda, description="lambda of the skewed KLs, in (0, 1)")
+    dskd_adaptive_kl_alpha: float = Field(
+        DivergenceConfig.adaptive_kl_alpha,
+        description=("tail mass of adaptive KL, in (0, 1)"),
+    )
 
-    dskd_projector_lr: float = 5e-4
-    dskd_projector_init: str = "pinv"
-    dskd_init_topk_vocab: int | None = None
-    dskd_agreement_mask: bool = LossConfig.agreement_mask
-    dskd_loss_chunk_size: int = LossConfig.chunk_size
-    dskd_normalization: str = LossConfig.normalization
-    dskd_teacher_fit_rows: int = 64
+    dskd_projector_lr: float = Field(5e-4, description="learning rate of the t2s projector's param group")
+    dskd_projector_init: str = Field(
+        "pinv",
+        description=('`pinv` (DSKDv2 "ideal" init from the two LM heads) | `random`'),
+    )
+    dskd_init_topk_vocab: int | None = Field(
+        None,
+        description=("fit the pinv init on the first k token ids only (null = whole vocabulary)"),
+    )
+    dskd_agreement_mask: bool = Field(
+        LossConfig.agreement_mask,
+        description=("student-space KD only where argmax of projected teacher == teacher argmax (DSKDv2)"),
+    )
+    dskd_loss_chunk_size: int = Field(
+        LossConfig.chunk_size,
+        description=(
+            "response rows per chunk of vocabulary-sized logits (512: 0.13x the unchunked peak memory at 152k "
+            "vocab in half its time on CPU; 1024 goes over 0.20x; see `benchmarks/README.md`)"
+        ),
+    )
+    dskd_normalization: str = Field(
+        LossConfig.normalization,
+        description=(
+            "`global`: every term / the global batch's response tokens (gradient accumulation = one big batch) | "
+            '`paper`: DSKDv2\'s per-micro-batch divisors (see "Choices")'
+        ),
+    )
+    dskd_teacher_fit_rows: int = Field(
+        64,
+        description=("training rows the pre-flight teacher-fit check scores (0 = off)"),
+    )
     # train from `axolotl-dskd cache-teacher`'s output instead of a live teacher
-    dskd_teacher_cache: str | None = None
-    dskd_teacher_cache_dtype: str = "bfloat16"  # how cache-teacher stores hidden states
+    dskd_teacher_cache: str | None = Field(
+        None,
+        description=(
+            'train from the folder `axolotl-dskd cache-teacher` wrote: no teacher body is loaded (see "Teacher cache")'
+        ),
+    )
+    dskd_teacher_cache_dtype: str = Field(
+        "bfloat16",
+        description=("how `cache-teacher` stores hidden states: `bfloat16` | `float16` | `float32`"),
+    )
 
-    dskd_on_policy_ratio: float = 0.0
-    dskd_on_policy_start_step: int = 0
-    dskd_on_policy_max_new_tokens: int = 256
-    dskd_on_policy_temperature: float = 1.0
-    dskd_on_policy_top_p: float = 1.0
-    dskd_on_policy_top_k: int = 0
+    dskd_on_policy_ratio: float = Field(
+        0.0,
+        description=("probability that a micro-batch's KD terms use the student's own samples, in [0, 1]"),
+    )
+    dskd_on_policy_start_step: int = Field(0, description="first optimizer step that may sample")
+    dskd_on_policy_max_new_tokens: int = Field(
+        256,
+        description=("sampled tokens per row at most (also capped by `sequence_len`)"),
+    )
+    dskd_on_policy_temperature: float = Field(1.0, description="sampling temperature, > 0")
+    dskd_on_policy_top_p: float = Field(1.0, description="nucleus sampling, in (0, 1]")
+    dskd_on_policy_top_k: int = Field(0, description="top-k sampling, 0 = off")
 
     # Decided by the validation below (whether the two tokenizers differ), then read by the
     # collator choice and the trainer; not a setting.
-    dskd_cross_tokenizer: bool | None = None
+    dskd_cross_tokenizer: bool | None = Field(
+        None, description="not a setting: validation finds whether the two tokenizers differ and sets it"
+    )
 
     @model_validator(mode="before")
     @classmethod
