@@ -46,9 +46,16 @@ class ModelShape:
 def model_shape(path: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelShape:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from transformers.models.auto.auto_factory import _get_model_class
+
     config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        if type(config) in AutoModelForCausalLM._model_mapping:
+            # the class itself: from_config would wrap it in DeepSpeed's zero.Init under
+            # ZeRO-3, whose collectives would hang ranks that do not plan
+            model = _get_model_class(config, AutoModelForCausalLM._model_mapping)(config)
+        else:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
     tied = head.weight is model.get_input_embeddings().weight
     params = sum(p.numel() for p in model.parameters())  # tied weights counted once
