@@ -45,7 +45,6 @@ class ModelShape:
 
 def model_shape(path: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelShape:
     from transformers import AutoConfig, AutoModelForCausalLM
-
     from transformers.models.auto.auto_factory import _get_model_class
 
     config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
