@@ -106,7 +106,7 @@ def _fitted_teacher(tiny, records: list[dict], out: Path) -> Path:
 def test_preflight_warns_about_a_teacher_that_does_not_fit_and_not_about_one_that_does(tiny, tmp_path) -> None:
     base_dir, base_log = _train(_stage2(tiny, tmp_path / "b", max_steps=1, save_steps=1), tmp_path / "b")
     assert WARNING in base_log and "dskd_teacher_adapter" in base_log
-    recorded = json.loads((base_dir / "dskd_teacher_fit.json").read_text())
+    recorded = json.loads((base_dir / "dskd_fit_check.json").read_text())
     assert recorded["fits"] is False and recorded["rows"] == 16 and recorded["teacher_acc"] < 0.6
     records = [json.loads(line) for line in tiny.data.read_text().splitlines()[:16]]
     data = write_jsonl(records, tmp_path / "rows.jsonl")

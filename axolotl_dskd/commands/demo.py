@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from axolotl_dskd.commands import arithmetic, assets
+from axolotl_dskd.distill.fit_check import FIT_RECORD
 
 # Axolotl settings a CPU run needs: no mixed precision, no Triton LoRA kernels, plain AdamW.
 CPU_SETTINGS = {
@@ -138,7 +139,7 @@ def coverage_line(train_data: Path) -> str:
 
 def fit_line(run_dir: Path) -> str:
     """The pre-flight teacher-fit verdict the training run recorded."""
-    fit = json.loads((run_dir / "dskd_teacher_fit.json").read_text())
+    fit = json.loads((run_dir / FIT_RECORD).read_text())
     verdict = "fits the data" if fit["fits"] else "does NOT fit the data (see the WARNING above)"
     return (
         f"\naxolotl-dskd demo: before training the teacher {verdict}: teacher_acc {fit['teacher_acc']:.2f}, "

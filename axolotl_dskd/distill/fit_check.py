@@ -20,8 +20,9 @@ MIN_TEACHER_ACC = 0.6
 # on the gold token: its targets repeat the gold answers (measured: teacher_ce 0.003 after a
 # stage 1 on the training rows, and DSKD = SFT; docs/results.md).
 ONE_HOT_TEACHER_CE = 0.05
-# The pre-flight check's numbers and verdict, kept in the run's output_dir for scripts.
-FIT_RECORD = "dskd_teacher_fit.json"
+# The pre-flight check's numbers and verdict, kept in the run's output_dir for scripts (no
+# "teacher" in the name: nothing of the teacher's goes into the student's output).
+FIT_RECORD = "dskd_fit_check.json"
 
 
 @dataclass(frozen=True)
