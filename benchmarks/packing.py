@@ -13,7 +13,7 @@ layout (collation, teacher forward, DSKD loss, backward); passes alternate betwe
 layouts, so a slow spell of the machine hits both. Prints each layout's response tokens
 per second (median over passes), the ratio, and the share of padding in each.
 
-    python benchmarks/packing.py [--pairs demo cross] [--rows 64] [--batch 4] [--passes 3]
+    python -m benchmarks.packing [--pairs demo cross] [--rows 64] [--batch 4] [--passes 3]
 """
 
 from __future__ import annotations
@@ -23,21 +23,17 @@ import copy
 import os
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from axolotl.utils.samplers.multipack import MultipackBatchSampler  # noqa: E402
 
 from axolotl_dskd.commands import assets  # noqa: E402
+from axolotl_dskd.loss import IGNORE_INDEX  # noqa: E402
 from benchmarks.step_time import ALPACA  # noqa: E402
 from benchmarks.teacher_cache import collator_for, pair_models, train_step  # noqa: E402
-
-IGNORE_INDEX = -100
 
 
 def gsm_features(tokenizer, size: int, max_len: int) -> list[dict[str, list[int]]]:
