@@ -25,8 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from axolotl_dskd.commands import assets
 from axolotl_dskd.commands.coverage import Aligner, load_named_tokenizer
 from axolotl_dskd.tokens.alignment import FlatSequences, align_flat
-from tests.pairs import exact_pairs_batch
-from tests.reference_eta import paper_eta
+from benchmarks.pairs import exact_pairs_batch
+from benchmarks.reference_eta import paper_eta
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 

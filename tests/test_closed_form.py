@@ -10,7 +10,7 @@ from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.divergences import DivergenceConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.terms import LossTerms
-from tests.reference_loss import reference_dskd
+from benchmarks.reference_loss import reference_dskd
 
 ROWS, HIDDEN, V_S, V_T, REAL_VOCAB = 11, 8, 30, 34, 29
 

@@ -14,7 +14,7 @@ import pytest
 from axolotl_dskd.commands import assets
 from axolotl_dskd.tokens.alignment import byte_spans
 from axolotl_dskd.tokens.vocab import VocabBridge, token_bytes_table
-from tests.pairs import eta_strict_pairs, exact_pairs
+from benchmarks.pairs import eta_strict_pairs, exact_pairs
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 TRICKY = " Hi  there\n\ncafé 日本語 🎉 2024\tend"
