@@ -60,19 +60,18 @@ def choose_checkpoint(cfg: Any) -> None:
     if not cfg.get("auto_resume_from_checkpoints") or not cfg.get("output_dir"):
         return
     found = checkpoints(cfg["output_dir"])
-    complete = [checkpoint for checkpoint in found if missing_part(checkpoint) is None]
-    if not found or found[0] in complete[:1]:
+    if not found:
         return
-    newest = found[0]
-    if not complete:
+    newest, problem = found[0], missing_part(found[0])
+    if problem is None:
+        return
+    complete = next((checkpoint for checkpoint in found[1:] if missing_part(checkpoint) is None), None)
+    if complete is None:
         raise DSKDConfigError(
             f"auto_resume_from_checkpoints: no checkpoint in {cfg['output_dir']} is complete (the newest, "
-            f"{newest}, has {missing_part(newest)}); remove the incomplete ones to start afresh"
+            f"{newest}, has {problem}); remove the incomplete ones to start afresh"
         )
     LOG.warning(
-        "dskd: %s has %s (a run killed while saving leaves that); resuming from %s instead",
-        newest,
-        missing_part(newest),
-        complete[0],
+        "dskd: %s has %s (a run killed while saving leaves that); resuming from %s instead", newest, problem, complete
     )
-    cfg["resume_from_checkpoint"] = str(complete[0])
+    cfg["resume_from_checkpoint"] = str(complete)
