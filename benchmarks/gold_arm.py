@@ -1,6 +1,8 @@
 """The peer arm of benchmarks/quality.py: TRL's experimental GOLD trainer (cross-tokenizer
 ULD with the hybrid loss), trained on the same chat rows, LoRA, steps, batch, learning rate
-and seed as the Axolotl arms, with its CE weight matched to DSKD's `1 - dskd_kd_ratio`.
+and seed as the Axolotl arms, with its CE weight matched to DSKD's `1 - dskd_kd_ratio`
+(TRL pads each batch to its longest row). Checkpoints every `save_steps` and resumes from
+the last one, as the Axolotl arms do.
 
 Run by quality.py as `python benchmarks/gold_arm.py SPEC.json`; writes the LoRA adapter to
 the spec's `output_dir` and the per-step log to `log_history.json` there.
@@ -16,6 +18,7 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
 
 
 def teacher_model(path: str, adapter: str | None) -> torch.nn.Module:
@@ -41,7 +44,9 @@ def main() -> int:
         lr_scheduler_type="cosine",
         warmup_steps=spec["warmup_steps"],
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=spec["save_steps"],
+        save_total_limit=2,
         seed=spec["seed"],
         use_cpu=True,
         bf16=False,
@@ -73,7 +78,8 @@ def main() -> int:
             task_type="CAUSAL_LM",
         ),
     )
-    trainer.train()
+    output_dir = Path(spec["output_dir"])
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir) if output_dir.is_dir() else None)
     trainer.save_model(spec["output_dir"])
     history = Path(spec["output_dir"]) / "log_history.json"
     history.write_text(json.dumps(trainer.state.log_history))

@@ -58,6 +58,8 @@ BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 KD = {"dskd_kd_ratio": 0.5, "dskd_temperature": 2.0, "dskd_divergence": "forward_kl"}
 TRAIN_SETTINGS = {"learning_rate": 5e-4, "lr_scheduler": "cosine", "warmup_steps": 3, "micro_batch_size": 8}
+# a run killed by a session's end resumes from its last checkpoint, not from step 0
+CHECKPOINT_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,9 @@ class Task:
     metric: str = "accuracy"  # accuracy: last number == result; rouge: ROUGE-L F1 x 100
     same_teacher: Path | None = None  # a teacher with the student's vocabulary, for `same` arms
     sequence_len: int = 256
+    # Axolotl pads a batch to a multiple of 64 by default; the chat rows (67 tokens on
+    # average) would spend half of every step on padding
+    pad_to_multiple_of: int | None = None
 
     def teacher_for(self, variant: str) -> Path:
         return self.same_teacher if variant == "same" else self.teacher
@@ -175,6 +180,7 @@ def open_ended_task(train_size: int, eval_size: int, epochs: int) -> Task:
         max_new_tokens=64,
         metric="rouge",
         same_teacher=assets.smollm2_instruct(),
+        pad_to_multiple_of=8,
     )
 
 
@@ -188,22 +194,24 @@ def chat_dataset(path: Path) -> dict[str, Any]:
     }
 
 
-def axolotl_config(
-    base_model: Path, data: Path, run_dir: Path, steps: int, seed: int, sequence_len: int
-) -> dict[str, Any]:
+def axolotl_config(task: Task, base_model: Path, data: Path, run_dir: Path, steps: int, seed: int) -> dict[str, Any]:
     """Plain Axolotl LoRA settings shared by stage 1 and every stage-2 arm."""
+    padding = {"pad_to_multiple_of": task.pad_to_multiple_of} if task.pad_to_multiple_of else {}
     return {
         "base_model": str(base_model),
         "datasets": [chat_dataset(data)],
         "dataset_prepared_path": str(run_dir.parent / f"prepared-{run_dir.name}"),
         "output_dir": str(run_dir),
-        "sequence_len": sequence_len,
+        "sequence_len": task.sequence_len,
+        **padding,
         **LORA_SETTINGS,
         **TRAIN_SETTINGS,
         "gradient_accumulation_steps": 1,
         "max_steps": steps,
         "logging_steps": 1,
-        "save_steps": steps,
+        "save_steps": min(CHECKPOINT_EVERY, steps),
+        "save_total_limit": 2,
+        "auto_resume_from_checkpoints": True,
         "val_set_size": 0,
         "seed": seed,
         "dskd_teacher_fit_rows": 64,
@@ -249,7 +257,7 @@ def stage1(task: Task, out: Path, variant: str) -> Path:
             rows, epochs = (task.other_rows, 1) if variant == "light" else (task.broad_rows, 2)
             data = assets.write_jsonl(rows, out / f"{task.name}-{variant}.jsonl")
         steps = epochs * len(rows) // TRAIN_SETTINGS["micro_batch_size"]
-        cfg = axolotl_config(task.teacher_for(variant), data, run_dir, steps, seed=0, sequence_len=task.sequence_len)
+        cfg = axolotl_config(task, task.teacher_for(variant), data, run_dir, steps, seed=0)
         cfg.pop("dskd_teacher_fit_rows")
         path = out / f"{label}.yml"
         path.write_text(yaml.safe_dump(cfg))
@@ -300,6 +308,7 @@ def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], o
                 "steps": task.steps,
                 "seed": seed,
                 "sequence_len": task.sequence_len,
+                "save_steps": min(CHECKPOINT_EVERY, task.steps),
                 "kd_ratio": arm.settings["dskd_kd_ratio"],
                 "temperature": arm.settings["dskd_temperature"],
                 "lora": LORA_SETTINGS,
@@ -309,7 +318,7 @@ def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], o
             spec_path.write_text(json.dumps(spec))
             command = [sys.executable, str(HERE / "gold_arm.py"), str(spec_path)]
         else:
-            cfg = axolotl_config(task.student, data, run_dir, task.steps, seed, task.sequence_len)
+            cfg = axolotl_config(task, task.student, data, run_dir, task.steps, seed)
             if arm.kind == "dskd":
                 cfg |= {"plugins": ["axolotl_dskd.DSKDPlugin"], "dskd_teacher_model": str(teacher)}
                 cfg |= arm.settings
