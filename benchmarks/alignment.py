@@ -9,7 +9,7 @@ straightforward per-sample Python implementation of the paper's greedy ETA (stri
 histories), same pre-tokenized input; best of 3 runs each. The kernels read flat id arrays
 (as a dataset column stores them); the time to first flatten Python lists is shown apart.
 
-    python -m benchmarks.alignment [--million 1.0]   # from the repository root (imports tests/)
+    python -m benchmarks.alignment [--million 1.0]   # from the repository root
 """
 
 from __future__ import annotations

@@ -22,15 +22,15 @@ from axolotl.utils.collators.batching import DataCollatorForSeq2Seq  # noqa: E40
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
-from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
+from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator  # noqa: E402
+from axolotl_dskd.collate.packing import model_inputs  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
-from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
+from axolotl_dskd.integration.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.loss.chunked import chunked_loss  # noqa: E402
-from axolotl_dskd.packing import model_inputs  # noqa: E402
-from axolotl_dskd.trainer import loss_config  # noqa: E402
+from axolotl_dskd.loss.config import LossConfig  # noqa: E402
+from axolotl_dskd.teacher.loading import last_hidden_state, output_head  # noqa: E402
 
 ALPACA = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{}\n\n### Response:\n"  # noqa: E501
 
@@ -101,7 +101,9 @@ def main() -> None:
         student = get_peft_model(student, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
     student.train()
     inputs = batch(tokenizer, args.batch)
-    step = DistillationStep(student, teacher, loss_config(DSKDTrainingArgsMixin()), vocab_size=len(tokenizer))
+    step = DistillationStep(
+        student, teacher, LossConfig.from_settings(DSKDTrainingArgsMixin()), vocab_size=len(tokenizer)
+    )
     n_loss_tokens = int((inputs["labels"][:, 1:] != -100).sum())
 
     def sft() -> None:

@@ -35,17 +35,17 @@ from datasets import Dataset  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from axolotl_dskd.args import DSKDTrainingArgsMixin  # noqa: E402
-from axolotl_dskd.collator import DSKDCrossTokenizerCollator  # noqa: E402
+from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator  # noqa: E402
+from axolotl_dskd.collate.packing import model_inputs  # noqa: E402
+from axolotl_dskd.collate.rows import DSKDRowCollator  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.commands.cache_teacher import write_cache  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
-from axolotl_dskd.distill.teacher import last_hidden_state, output_head  # noqa: E402
-from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
-from axolotl_dskd.packing import model_inputs  # noqa: E402
-from axolotl_dskd.row_collator import DSKDRowCollator  # noqa: E402
+from axolotl_dskd.integration.args import DSKDTrainingArgsMixin  # noqa: E402
+from axolotl_dskd.loss.config import LossConfig  # noqa: E402
+from axolotl_dskd.teacher.cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
+from axolotl_dskd.teacher.loading import last_hidden_state, output_head  # noqa: E402
 from axolotl_dskd.tokens.vocab import VocabBridge  # noqa: E402
-from axolotl_dskd.trainer import loss_config  # noqa: E402
 from benchmarks.step_time import batch, timed_together, unpadded  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def pair_models(pair: str, cache_dir: Path | None = None):
     step = DistillationStep(
         student,
         teacher,
-        loss_config(DSKDTrainingArgsMixin()),
+        LossConfig.from_settings(DSKDTrainingArgsMixin()),
         vocab_size=len(tokenizer),
         teacher_vocab_size=len(teacher_tokenizer),
         bridge=VocabBridge.build(tokenizer, teacher_tokenizer) if cross else None,
@@ -203,7 +203,7 @@ def _train(step_parts, init_state, dtype: str | None, steps: int, size: int) -> 
         step = DistillationStep(
             student,
             teacher if dtype is None else HeadOnlyTeacher(TeacherCache(tmp).head()),
-            loss_config(DSKDTrainingArgsMixin()),
+            LossConfig.from_settings(DSKDTrainingArgsMixin()),
             vocab_size=len(collator.tokenizer),
         )
         collate = collator_for("demo", collator.tokenizer, None if dtype is None else Path(tmp))

@@ -1,7 +1,7 @@
 """The fault suite: stale, corrupted and truncated teacher caches, rebuilds, misspelled keys,
 checkpoints missing their projector, unwritable folders. Each test asserts the outcome
 (equal numbers, or the exact one-line error), not only that something failed. The kill -9
-and zero-response runs drive the real CLI (tests/test_faults_e2e.py)."""
+and zero-response runs drive the real CLI (tests/e2e/test_faults_e2e.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from axolotl_dskd.commands.cache_teacher import unwritable, verify, write_cache
-from axolotl_dskd.distill.teacher_cache import TeacherCache, TeacherCacheError, row_key, weights_identity
 from axolotl_dskd.errors import DSKDConfigError
-from axolotl_dskd.resume import PROJECTOR_FILE, choose_checkpoint
-from tests.test_args import _error
-from tests.test_teacher_cache import _collator, _features
+from axolotl_dskd.integration.resume import PROJECTOR_FILE, choose_checkpoint
+from axolotl_dskd.teacher.cache import TeacherCache, TeacherCacheError, row_key, weights_identity
+from tests.integration.test_args import _error
+from tests.teacher.test_cache import _collator, _features
 
 pytestmark = pytest.mark.faults
 
@@ -116,8 +116,8 @@ def test_corrupted_shard_stops_training_naming_the_file_and_a_rerun_rewrites_onl
 
 def test_truncated_shard_is_refused_before_any_model_loads(tiny, tmp_path) -> None:
     """Issue 27 (4): a truncated shard used to fail after the models loaded, without its name."""
-    from axolotl_dskd.args import teacher_cache_settings
-    from tests.test_args import _validate
+    from axolotl_dskd.integration.args import teacher_cache_settings
+    from tests.integration.test_args import _validate
 
     cache = tmp_path / "cache"
     options = argparse.Namespace(shard_rows=3, batch_size=2, dtype="float32")

@@ -8,6 +8,8 @@ GSM-Symbolic word problems (`reasoning-gym`) and human-human chats (`chitchat-da
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 LOG = logging.getLogger(__name__)
@@ -44,6 +47,17 @@ def converted_dir(kind: str) -> Path:
     return cache_dir() / f"transformers-{transformers.__version__}" / kind
 
 
+@contextlib.contextmanager
+def _exclusive(name: str) -> Iterator[None]:
+    """One process at a time checks for and builds the cached asset `name` (parallel test
+    workers, several runs starting on one machine); the others wait, then find it built."""
+    lock = cache_dir() / "locks" / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -56,13 +70,12 @@ def fetch_package(requirement: str, filename: str, sha256: str) -> Path:
     """Download a pinned wheel or sdist from the package index once and check its hash."""
     wheels = cache_dir() / "wheels"
     path = wheels / filename
-    if not path.exists():
-        LOG.info("dskd: downloading %s", requirement)
-        only_sdist = ["--no-binary", ":all:"] if filename.endswith(".tar.gz") else []
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *only_sdist, "-d", str(wheels), requirement],
-            check=True,
-        )
+    with _exclusive(filename):
+        if not path.exists():
+            LOG.info("dskd: downloading %s", requirement)
+            only_sdist = ["--no-binary", ":all:"] if filename.endswith(".tar.gz") else []
+            command = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *only_sdist, "-d", str(wheels)]
+            subprocess.run([*command, requirement], check=True)
     actual = _sha256(path)
     if actual != sha256:
         raise RuntimeError(f"{path}: sha256 {actual} does not match the pinned {sha256}; delete it and retry")
@@ -90,8 +103,9 @@ def _gguf_tokenizer(gguf: Path, eos_token: str):
 def smollm2_instruct() -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder (tokenizer included, EOS fixed)."""
     out = converted_dir("models") / "smollm2-135m-instruct"
-    if not (out / "model.safetensors").exists():
-        _convert_gguf(_smollm2_gguf(), SMOLLM2_EOS, out)
+    with _exclusive("smollm2"):
+        if not (out / "model.safetensors").exists():
+            _convert_gguf(_smollm2_gguf(), SMOLLM2_EOS, out)
     return out
 
 
@@ -126,8 +140,9 @@ def qwen_coder_instruct() -> Path:
     """Qwen2.5-Coder-0.5B-Instruct as a safetensors folder (EOS set to <|im_end|>): the
     cross-tokenizer teacher of the quality benchmark (151,936-token Qwen2 BPE)."""
     out = converted_dir("models") / "qwen2.5-coder-0.5b-instruct"
-    if not (out / "model.safetensors").exists():
-        _convert_gguf(_qwen_coder_gguf(), QWEN_EOS, out)
+    with _exclusive("qwen2.5-coder"):
+        if not (out / "model.safetensors").exists():
+            _convert_gguf(_qwen_coder_gguf(), QWEN_EOS, out)
     return out
 
 
@@ -165,18 +180,19 @@ def reference_tokenizer(name: str):
     """GPT-2, Llama (SentencePiece) or Qwen2 tokenizer, converted once to a tokenizer folder."""
     from transformers import AutoTokenizer
 
+    if name not in REFERENCE_VOCABS:
+        raise ValueError(f"unknown reference tokenizer {name!r}; use one of {REFERENCE_VOCABS}")
     out = converted_dir("tokenizers") / name
-    if not (out / "tokenizer_config.json").exists():
-        if name not in REFERENCE_VOCABS:
-            raise ValueError(f"unknown reference tokenizer {name!r}; use one of {REFERENCE_VOCABS}")
-        sdist = fetch_package(LLAMA_CPP_REQUIREMENT, LLAMA_CPP_SDIST, LLAMA_CPP_SHA256)
-        member = f"llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-{name}.gguf"
-        gguf_dir = cache_dir() / "gguf"
-        with tarfile.open(sdist) as archive:
-            archive.extract(member, gguf_dir, filter="data")
-        source = gguf_dir / member
-        AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(out)
-        source.unlink()
+    with _exclusive(f"tokenizer-{name}"):
+        if not (out / "tokenizer_config.json").exists():
+            sdist = fetch_package(LLAMA_CPP_REQUIREMENT, LLAMA_CPP_SDIST, LLAMA_CPP_SHA256)
+            member = f"llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-{name}.gguf"
+            gguf_dir = cache_dir() / "gguf"
+            with tarfile.open(sdist) as archive:
+                archive.extract(member, gguf_dir, filter="data")
+            source = gguf_dir / member
+            AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(out)
+            source.unlink()
     return AutoTokenizer.from_pretrained(out)
 
 
@@ -188,10 +204,11 @@ def smollm2_tokenizer():
     if (model_dir / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(model_dir)
     out = converted_dir("tokenizers") / "smollm2"
-    if not (out / "tokenizer_config.json").exists():
-        gguf = _smollm2_gguf()
-        _gguf_tokenizer(gguf, SMOLLM2_EOS).save_pretrained(out)
-        gguf.unlink()
+    with _exclusive("smollm2"):  # the model's build removes the GGUF this reads
+        if not (out / "tokenizer_config.json").exists():
+            gguf = _smollm2_gguf()
+            _gguf_tokenizer(gguf, SMOLLM2_EOS).save_pretrained(out)
+            gguf.unlink()
     return AutoTokenizer.from_pretrained(out)
 
 
@@ -203,8 +220,13 @@ CUT_STUDENT_LAYERS = 8
 def truncated_copy(source: Path, num_layers: int) -> Path:
     """The source model with only its first `num_layers` decoder layers (same tokenizer)."""
     out = source.with_name(f"{source.name}-{num_layers}layers")
-    if (out / "model.safetensors").exists():
-        return out
+    with _exclusive(out.name):
+        if not (out / "model.safetensors").exists():
+            _write_truncated(source, num_layers, out)
+    return out
+
+
+def _write_truncated(source: Path, num_layers: int, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -217,7 +239,6 @@ def truncated_copy(source: Path, num_layers: int) -> Path:
     model.save_pretrained(tmp)
     AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
     tmp.rename(out)
-    return out
 
 
 def gsm_symbolic_rows(size: int, seed: int) -> list[dict[str, str]]:

@@ -26,8 +26,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from axolotl_dskd.distill.step import Rows, live_teacher_rows
-from axolotl_dskd.distill.teacher import TeacherSpec, load_teacher, output_head, resolve_dtype
-from axolotl_dskd.distill.teacher_cache import (
+from axolotl_dskd.teacher.cache import (
     CACHE_DTYPES,
     HEAD_FILE,
     Manifest,
@@ -42,6 +41,7 @@ from axolotl_dskd.distill.teacher_cache import (
     verify_shard,
     write_shard,
 )
+from axolotl_dskd.teacher.loading import TeacherSpec, load_teacher, output_head, resolve_dtype
 
 LOG = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _padding(cfg: Any) -> dict[str, int]:
 
 def _collator(cfg: Any, tokenizer: Any) -> Any:
     """The collator a training run of `cfg` uses, without a cache to read from."""
-    from axolotl_dskd.plugin import DSKDPlugin
+    from axolotl_dskd.integration.plugin import DSKDPlugin
 
     collator_cls, kwargs = DSKDPlugin().get_collator_cls_and_kwargs(cfg)
     return collator_cls(tokenizer, padding=True, return_tensors="pt", **_padding(cfg), **kwargs)
@@ -238,7 +238,7 @@ def cache_teacher(args: argparse.Namespace) -> int:
     from axolotl.common.datasets import load_datasets
     from axolotl.loaders import load_tokenizer
 
-    from axolotl_dskd.args import teacher_cache_settings
+    from axolotl_dskd.integration.args import teacher_cache_settings
 
     cfg, cache_dir = _load_cfg_without_cache(args.config)
     if not cfg.get("dskd_teacher_model"):

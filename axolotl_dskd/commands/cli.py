@@ -77,13 +77,15 @@ def teacher_fit(args: argparse.Namespace) -> int:
     from axolotl.common.datasets import load_datasets
     from axolotl.train import setup_model_and_trainer
 
+    from axolotl_dskd.integration.fit_check import measure_teacher_fit
+
     cfg = load_cfg(args.config)
     if not cfg.get("dskd_teacher_model"):
         print(f"teacher-fit: {args.config} has no dskd_teacher_model (is axolotl_dskd.DSKDPlugin in plugins?)")
         return 2
     rows = args.rows if args.rows is not None else (cfg.dskd_teacher_fit_rows or 64)
     trainer, *_ = setup_model_and_trainer(cfg, load_datasets(cfg=cfg, cli_args=TrainerCliArgs()))
-    fit = trainer.measure_teacher_fit(trainer.model, rows)
+    fit = measure_teacher_fit(trainer, trainer.model, rows)
     print(fit.table())
     for line in (fit.warning(), fit.note()):
         if line:

@@ -144,7 +144,7 @@ def _layer_activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) ->
 
 def _parallel(cfg: Any) -> tuple[int, str]:
     """(ZeRO stage or 0, 'fsdp2' or '') from the YAML."""
-    from axolotl_dskd.args import deepspeed_stage
+    from axolotl_dskd.integration.args import deepspeed_stage
 
     stage = deepspeed_stage(cfg) or 0
     fsdp = "fsdp2" if (cfg.get("fsdp") or cfg.get("fsdp_config")) else ""

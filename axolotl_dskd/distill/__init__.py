@@ -1,2 +1,2 @@
-"""The distillation step without the trainer: teacher loading, row gathering, the loss
-module, on-policy sampling, the teacher-fit check."""
+"""The distillation step without the trainer: row gathering, the loss module, on-policy
+sampling."""

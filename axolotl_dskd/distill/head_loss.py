@@ -14,13 +14,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from axolotl_dskd.distill.teacher import output_head
 from axolotl_dskd.engines import Engine
 from axolotl_dskd.loss.chunked import chunked_loss, pair_counts
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.projectors import S2TMap, T2SProjector
 from axolotl_dskd.loss.terms import Counts, LossTerms
+from axolotl_dskd.teacher.loading import output_head
 
 
 class HeadLoss(nn.Module):

@@ -11,15 +11,16 @@ aligns exactly as it does off-policy rows.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
+from axolotl_dskd.collate.packing import batch_is_packed, sub_rows
 from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
 from axolotl_dskd.loss import IGNORE_INDEX
-from axolotl_dskd.packing import batch_is_packed, sub_rows
 
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
 
@@ -154,3 +155,34 @@ def sampled_batch(
     prompt_rows = prompts(gold)
     generated = sample(model, prompt_rows, cfg, pad_id, eos_id, max_length, seed, synced)
     return collate(sampled_rows(prompt_rows, generated, eos_id))
+
+
+class OnPolicySampler:
+    """The trainer's side of on-policy DSKD: counts the micro-batches of each optimizer step
+    (the coin is a pure function of that position) and, when the coin says so, returns the
+    student's own samples for the micro-batch's prompts, collated by the trainer's collator."""
+
+    def __init__(self, cfg: OnPolicyConfig, tokenizer: Any, collate: Any, max_length: int, synced: bool) -> None:
+        self.cfg = cfg
+        self.collate = collate
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self.max_length = max_length
+        self.synced = synced
+        self._micro_batch = (-1, 0)  # (global step, micro-batches seen in it)
+
+    def batch(
+        self, student: PreTrainedModel, gold: dict[str, torch.Tensor], global_step: int
+    ) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
+        """The sampled batch (or None: this micro-batch reads the gold responses) and its metrics."""
+        step, seen = self._micro_batch
+        seen = seen + 1 if step == global_step else 0
+        self._micro_batch = (global_step, seen)
+        if not self.cfg.samples(global_step, seen):
+            return None, {"on_policy": 0.0}
+        start = time.perf_counter()
+        seed = self.cfg.seed * 1_000_003 + global_step * 1009 + seen
+        sampled = sampled_batch(
+            student, gold, self.cfg, self.collate, self.pad_id, self.eos_id, self.max_length, seed, self.synced
+        )
+        return sampled, {"on_policy": 1.0, "on_policy_gen_seconds": time.perf_counter() - start}

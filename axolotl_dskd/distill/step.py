@@ -14,15 +14,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from axolotl_dskd.collate.packing import model_inputs
 from axolotl_dskd.distill.head_loss import HeadLoss
-from axolotl_dskd.distill.teacher import last_hidden_state, output_head
-from axolotl_dskd.distill.teacher_cache import (
-    CACHED_COUNTS,
-    CACHED_ROWS,
-    HeadOnlyTeacher,
-    TeacherCacheError,
-    cached_teacher_rows,
-)
 from axolotl_dskd.engines import Engine
 from axolotl_dskd.loss import IGNORE_INDEX
 from axolotl_dskd.loss.chunked import divided_weights, term_weights
@@ -30,7 +23,14 @@ from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.loss.terms import Counts, LossTerms
-from axolotl_dskd.packing import model_inputs
+from axolotl_dskd.teacher.cache import (
+    CACHED_COUNTS,
+    CACHED_ROWS,
+    HeadOnlyTeacher,
+    TeacherCacheError,
+    cached_teacher_rows,
+)
+from axolotl_dskd.teacher.loading import last_hidden_state, output_head
 from axolotl_dskd.tokens.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from accelerate.utils import DistributedType
 from axolotl_dskd.engines.base import LOSS_MODULE, Engine
 from axolotl_dskd.engines.ddp import DDP
 from axolotl_dskd.engines.fsdp2 import FSDP2
-from axolotl_dskd.engines.owned_loss import ZeRO
+from axolotl_dskd.engines.zero import ZeRO
 from axolotl_dskd.engines.zero3 import ZeRO3
 
 __all__ = ["LOSS_MODULE", "Engine", "select"]

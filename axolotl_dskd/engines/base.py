@@ -64,6 +64,20 @@ class Engine:
     def before_loss(self, model: nn.Module) -> None:
         """Called after the student's forward, before the loss reads its head."""
 
+    # -- the loss across ranks ------------------------------------------------------
+    def global_items(
+        self, local_items: torch.Tensor | int | None, device: torch.device
+    ) -> tuple[torch.Tensor | int | None, int]:
+        """The response tokens of the global batch, and the factor for the loss: every rank
+        divides by the tokens of all ranks (Axolotl turns HF's average_tokens_across_devices
+        off) and gradients are then averaged over ranks, so the loss is scaled back up by
+        their number."""
+        if self.world_size == 1 or local_items is None:
+            return local_items, 1
+        total = torch.as_tensor(local_items, device=device).clone()
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+        return total, self.world_size
+
     # -- the projector across ranks -------------------------------------------------
     def start_in_sync(self, projector: nn.Module) -> None:
         """Every rank starts from rank 0's projector (a random init differs per rank)."""

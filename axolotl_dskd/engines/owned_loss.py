@@ -24,9 +24,3 @@ class OwnedLoss(Engine):
 
     def model_state(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: value for key, value in state_dict.items() if f"{LOSS_MODULE}." not in key}
-
-
-class ZeRO(OwnedLoss):
-    """DeepSpeed ZeRO-1 and ZeRO-2: whole parameters on every rank, split optimizer state."""
-
-    name = "DeepSpeed ZeRO-1/2"

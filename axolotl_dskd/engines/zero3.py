@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from axolotl_dskd.engines.owned_loss import ZeRO
+from axolotl_dskd.engines.zero import ZeRO
 
 LOG = logging.getLogger(__name__)
 

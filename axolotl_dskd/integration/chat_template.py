@@ -1,4 +1,4 @@
-"""Dataset type `axolotl_dskd.chat_template`: each conversation rendered twice.
+"""Dataset type `axolotl_dskd.integration.chat_template`: each conversation rendered twice.
 
 The student gets Axolotl's own `chat_template` tokenization (its template, its labels);
 the teacher gets the same messages rendered with the teacher tokenizer's own chat
@@ -13,7 +13,7 @@ from typing import Any
 from axolotl.prompt_strategies.chat_template import load as load_chat_template
 from pydantic import BaseModel
 
-from axolotl_dskd.vocabularies import teacher_tokenizer, teacher_tokenizer_path
+from axolotl_dskd.teacher.tokenizer import teacher_tokenizer, teacher_tokenizer_path
 
 
 class TwoTemplateStrategy:

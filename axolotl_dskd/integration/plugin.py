@@ -9,7 +9,7 @@ from typing import Any
 
 from axolotl.integrations.base import BasePlugin
 
-from axolotl_dskd.args import DSKD_KEYS
+from axolotl_dskd.integration.args import DSKD_KEYS
 
 LOG = logging.getLogger(__name__)
 
@@ -49,19 +49,19 @@ class DSKDPlugin(BasePlugin):
                     f"dskd_teacher_chat_template: needs `type: chat_template` datasets; "
                     f"datasets[{index}] has type {dataset.get('type')!r}"
                 )
-            dataset["type"] = "axolotl_dskd.chat_template"
+            dataset["type"] = "axolotl_dskd.integration.chat_template"
 
     def get_input_args(self) -> str:
-        return "axolotl_dskd.args.DSKDArgs"
+        return "axolotl_dskd.integration.args.DSKDArgs"
 
     def get_training_args_mixin(self) -> str:
-        return "axolotl_dskd.args.DSKDTrainingArgsMixin"
+        return "axolotl_dskd.integration.args.DSKDTrainingArgsMixin"
 
     def get_training_args(self, cfg: Any) -> dict[str, Any]:
         return {key: cfg[key] for key in DSKD_KEYS if cfg[key] is not None} | {"dskd_sequence_len": cfg.sequence_len}
 
     def get_trainer_cls(self, cfg: Any) -> type:
-        from axolotl_dskd.trainer import DSKDTrainer
+        from axolotl_dskd.integration.trainer import DSKDTrainer
 
         return DSKDTrainer
 
@@ -69,14 +69,15 @@ class DSKDPlugin(BasePlugin):
         """The plugin's collators pad as Axolotl does and pack multipack bins so packed rows
         stay apart; cross-tokenizer runs also need the teacher's tokenization of each row,
         cached runs the cached teacher rows of each row."""
-        from axolotl_dskd.vocabularies import teacher_tokenizer_path, teacher_tokenizer_revision
+        from axolotl_dskd.teacher.source import teacher_source
+        from axolotl_dskd.teacher.tokenizer import teacher_tokenizer_path, teacher_tokenizer_revision
 
-        cache = {"teacher_cache": cfg.dskd_teacher_cache} if cfg.dskd_teacher_cache else {}
+        cache = teacher_source(cfg).collator_kwargs()
         if not cfg.dskd_cross_tokenizer:
-            from axolotl_dskd.row_collator import DSKDRowCollator
+            from axolotl_dskd.collate.rows import DSKDRowCollator
 
             return DSKDRowCollator, cache
-        from axolotl_dskd.collator import DSKDCrossTokenizerCollator
+        from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator
 
         return DSKDCrossTokenizerCollator, cache | {
             "teacher_tokenizer_path": teacher_tokenizer_path(cfg),
@@ -87,7 +88,7 @@ class DSKDPlugin(BasePlugin):
 
     def pre_model_load(self, cfg: Any) -> None:
         """Before the student loads: never resume from a checkpoint missing its projector."""
-        from axolotl_dskd.resume import choose_checkpoint
+        from axolotl_dskd.integration.resume import choose_checkpoint
 
         choose_checkpoint(cfg)
 
@@ -99,13 +100,12 @@ class DSKDPlugin(BasePlugin):
     def post_train(self, cfg: Any, model: Any) -> None:
         """Write the projector next to the final model (runs twice in Axolotl; idempotent)."""
         if self._trainer is not None and self._trainer.args.should_save:
-            self._trainer.save_projector(cfg.output_dir)
-            LOG.info("dskd: wrote the t2s projector to %s", cfg.output_dir)
+            self._trainer.projector.save(cfg.output_dir)
 
     def post_lora_merge(self, cfg: Any, adapter_path: str, output_path: str) -> None:
         """`axolotl merge-lora` (0.21+): the merged folder keeps every artifact of the run,
         the t2s projector included, as the adapter folder did."""
-        from axolotl_dskd.trainer import PROJECTOR_FILE
+        from axolotl_dskd.integration.resume import PROJECTOR_FILE
 
         projector = Path(adapter_path) / PROJECTOR_FILE
         if projector.exists():

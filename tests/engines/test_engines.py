@@ -1,6 +1,6 @@
 """The engine adapter: chosen once from the accelerator, and who owns the loss module.
 
-The multi-process engines run for real in tests/test_e2e.py (2 CPU ranks each)."""
+The multi-process engines run for real in tests/e2e/test_e2e.py (2 CPU ranks each)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from axolotl_dskd import engines
 from axolotl_dskd.engines.ddp import DDP
-from axolotl_dskd.engines.owned_loss import ZeRO
+from axolotl_dskd.engines.zero import ZeRO
 
 
 class _Student(nn.Module):

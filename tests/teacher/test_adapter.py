@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.distill.teacher import TeacherSpec, load_teacher
-from tests.test_args import _validate
+from axolotl_dskd.teacher.loading import TeacherSpec, load_teacher
+from tests.integration.test_args import _validate
 
 CPU = torch.device("cpu")
 

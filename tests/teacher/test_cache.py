@@ -11,11 +11,12 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.collator import DSKDCrossTokenizerCollator
+from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator
+from axolotl_dskd.collate.rows import DSKDRowCollator
 from axolotl_dskd.commands.cache_teacher import write_cache
 from axolotl_dskd.distill.step import DistillationStep
-from axolotl_dskd.distill.teacher import output_head
-from axolotl_dskd.distill.teacher_cache import (
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.teacher.cache import (
     CACHED_COUNTS,
     HeadOnlyTeacher,
     Manifest,
@@ -24,10 +25,9 @@ from axolotl_dskd.distill.teacher_cache import (
     dataset_keys,
     row_key,
 )
-from axolotl_dskd.loss.config import LossConfig
-from axolotl_dskd.row_collator import DSKDRowCollator
+from axolotl_dskd.teacher.loading import output_head
 from axolotl_dskd.tokens.vocab import VocabBridge, load_tokenizer
-from tests.test_args import _error
+from tests.integration.test_args import _error
 
 CROSS = ("same_vocabulary", "cross_tokenizer")
 
@@ -173,8 +173,8 @@ def test_incomplete_and_stale_caches_are_refused(tiny, tmp_path) -> None:
 
 def _manifest_for(tiny, tmp_path, **changes) -> str:
     """A cache folder whose manifest records the settings of the test config, changed."""
-    from axolotl_dskd.args import teacher_cache_settings
-    from tests.test_args import _validate
+    from axolotl_dskd.integration.args import teacher_cache_settings
+    from tests.integration.test_args import _validate
 
     settings = teacher_cache_settings(_validate(tiny, tmp_path)) | changes
     cache = tmp_path / "cache"
@@ -184,7 +184,7 @@ def _manifest_for(tiny, tmp_path, **changes) -> str:
 
 
 def test_cache_built_for_this_config_passes_validation(tiny, tmp_path) -> None:
-    from tests.test_args import _validate
+    from tests.integration.test_args import _validate
 
     cache = _manifest_for(tiny, tmp_path)
     assert _validate(tiny, tmp_path, dskd_teacher_cache=cache).dskd_teacher_cache == cache

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from axolotl_dskd.collate.packing import model_inputs, packed_row, sub_rows
 from axolotl_dskd.distill.on_policy import prompts
 from axolotl_dskd.distill.step import Rows
-from axolotl_dskd.distill.teacher import last_hidden_state
-from axolotl_dskd.distill.teacher_cache import HeadOnlyTeacher, TeacherCache
-from axolotl_dskd.packing import model_inputs, packed_row, sub_rows
-from tests.test_teacher_cache import CROSS, _build, _collator, _features, _loss_and_grads, _step, _teacher_dir
+from axolotl_dskd.teacher.cache import HeadOnlyTeacher, TeacherCache
+from axolotl_dskd.teacher.loading import last_hidden_state
+from tests.teacher.test_cache import CROSS, _build, _collator, _features, _loss_and_grads, _step, _teacher_dir
 
 ATTENTION = ("sdpa", "eager")
 

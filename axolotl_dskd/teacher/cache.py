@@ -312,3 +312,22 @@ def cached_teacher_rows(inputs: dict[str, torch.Tensor], batch_rows: torch.Tenso
             f"this run pairs {expected.tolist()}; it was built with other alignment settings: rebuild it"
         )
     return inputs[CACHED_ROWS].to(dtype)
+
+
+def head_only_teacher(
+    directory: str, dtype: torch.dtype, device: torch.device, datasets: dict[str, Any]
+) -> HeadOnlyTeacher:
+    """The teacher's head from the cache, once the cache is shown to hold the rows of
+    `datasets` (split name -> dataset or None; the YAML check compared the settings, the rows
+    need the prepared datasets)."""
+    cache = TeacherCache(directory)
+    built_dtype = cache.manifest.teacher_dtype
+    if built_dtype != str(dtype).removeprefix("torch."):
+        raise TeacherCacheError(
+            f"dskd_teacher_cache: the cache was built with a {built_dtype} teacher, this run's teacher dtype is "
+            f"{dtype}; rebuild it with `axolotl-dskd cache-teacher cfg.yml`"
+        )
+    for split, dataset in datasets.items():
+        if dataset is not None:
+            cache.check_split(split, dataset_keys(dataset))
+    return HeadOnlyTeacher(cache.head().to(device=device, dtype=dtype))

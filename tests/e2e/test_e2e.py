@@ -333,7 +333,13 @@ def test_sample_packing_run_packs_rows_and_distils(tiny, tmp_path, teacher: str)
 
 # `accelerate launch --cpu --num_processes 2` starts ONE process (accelerate's simple launcher);
 # torchrun starts two, and ACCELERATE_USE_CPU makes accelerate join them with gloo.
-ENGINE_ON_CPU = ["torchrun", "--nproc_per_node", "2", str(Path(__file__).with_name("cpu_engine_launch.py"))]
+ENGINE_ON_CPU = [
+    "torchrun",
+    "--standalone",
+    "--nproc_per_node",
+    "2",
+    str(Path(__file__).with_name("cpu_engine_launch.py")),
+]
 DDP = ["env", "ACCELERATE_USE_CPU=1", *ENGINE_ON_CPU]
 DEEPSPEED_AUTO = {
     "gradient_accumulation_steps": "auto",

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from axolotl_dskd.distill.teacher_cache import CACHED_COUNTS, TeacherCache, row_key
-from axolotl_dskd.packing import bins_of, is_packed, packed_row
+from axolotl_dskd.collate.packing import bins_of, is_packed, packed_row
+from axolotl_dskd.teacher.cache import CACHED_COUNTS, TeacherCache, row_key
 
 
 def _with_attention_mask(row: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import yaml
 from axolotl.utils.schemas.config import AxolotlInputConfig
 from pydantic import ValidationError
 
-from axolotl_dskd import compat
-from axolotl_dskd.args import DSKD_KEYS, DSKDArgs, DSKDTrainingArgsMixin
+from axolotl_dskd.integration import compat
+from axolotl_dskd.integration.args import DSKD_KEYS, DSKDArgs, DSKDTrainingArgsMixin
 from tests.tiny import base_config, build_tokenizer
 
 
@@ -179,7 +179,7 @@ def test_padded_teacher_head_is_not_a_vocabulary_mismatch(tiny, tmp_path) -> Non
 
 @pytest.mark.parametrize("flag", ["cut_cross_entropy", "liger_fused_linear_cross_entropy"])
 def test_plugins_that_replace_the_logits_path_are_rejected(flag: str) -> None:
-    from axolotl_dskd.args import DSKDConfigError, check_settings
+    from axolotl_dskd.integration.args import DSKDConfigError, check_settings
 
     settings = DSKDArgs.model_construct(dskd_teacher_model="teacher")
     object.__setattr__(settings, flag, True)
@@ -187,14 +187,14 @@ def test_plugins_that_replace_the_logits_path_are_rejected(flag: str) -> None:
         check_settings(settings)
 
 
-EXAMPLE_DIR = Path(__file__).parent.parent / "example_yamls"
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "example_yamls"
 STAGE1 = EXAMPLE_DIR / "two-stage-1-teacher-lora.yml"  # plain Axolotl: fine-tunes the teacher
 EXAMPLES = sorted(path for path in EXAMPLE_DIR.glob("*.yml") if path != STAGE1)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> None:
-    from axolotl_dskd.args import check_settings
+    from axolotl_dskd.integration.args import check_settings
 
     cfg = yaml.safe_load(path.read_text())
     assert cfg["plugins"][0] in {"axolotl_dskd.DSKDPlugin", "dskd.DSKDPlugin"}
@@ -202,7 +202,7 @@ def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> Non
     assert not unknown, unknown
     check_settings(DSKDArgs.model_construct(**{key: cfg[key] for key in cfg if key in DSKD_KEYS}))
     if "deepspeed" in cfg:  # the shipped JSON, as launched from the repository root
-        from axolotl_dskd.args import check_deepspeed
+        from axolotl_dskd.integration.args import check_deepspeed
 
         check_deepspeed(SimpleNamespace(deepspeed=str(path.parent.parent / cfg["deepspeed"])))
 
@@ -232,7 +232,7 @@ def test_teacher_chat_template_needs_chat_template_datasets() -> None:
         DSKDPlugin().register(cfg)
     chat = DictDefault(dskd_teacher_chat_template=True, datasets=[{"path": "x.jsonl", "type": "chat_template"}])
     DSKDPlugin().register(chat)
-    assert chat.datasets[0]["type"] == "axolotl_dskd.chat_template"
+    assert chat.datasets[0]["type"] == "axolotl_dskd.integration.chat_template"
 
 
 def test_teacher_tokenizer_that_cannot_load_names_the_key(tiny, tmp_path) -> None:
@@ -244,7 +244,7 @@ def _readme_key_rows() -> dict[str, tuple[str, str]]:
     """`key -> (default cell, meaning cell)` of the README's YAML reference table."""
     import re
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     rows = {}
     for line in readme.splitlines():
         match = re.match(r"\| `(dskd_[a-z0-9_]+)` \| (.+?) \| (.+) \|$", line)

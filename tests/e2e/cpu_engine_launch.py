@@ -1,4 +1,4 @@
-"""`torchrun --nproc_per_node 2 tests/cpu_engine_launch.py cfg.yml`: Axolotl training
+"""`torchrun --standalone --nproc_per_node 2 tests/e2e/cpu_engine_launch.py cfg.yml`: Axolotl training
 with DDP, DeepSpeed or FSDP2 on a CPU-only machine (gloo), for the tests. What stands in
 the way is worked around here, in the launcher only:
 

@@ -10,23 +10,33 @@ import dataclasses
 import difflib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import torch
 from pydantic import BaseModel, Field, model_validator
 
-from axolotl_dskd.compat import FSDP_VERSION_WHEN_UNSET
-from axolotl_dskd.distill.teacher_cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
+from axolotl_dskd.collate.packing import ISOLATING_ATTENTION
 from axolotl_dskd.errors import DSKDConfigError
+from axolotl_dskd.integration.compat import FSDP_VERSION_WHEN_UNSET
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
-from axolotl_dskd.packing import ISOLATING_ATTENTION
+from axolotl_dskd.teacher.cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
 
 METHODS = ("dskd", "vanilla_kd")
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROJECTOR_INITS = ("pinv", "random")
 ALIGNMENTS = ("exact", "eta_strict")
+
+# the schema's choice types, built from the registries that implement each choice
+Method = Literal[METHODS]
+Divergence = Literal[DIVERGENCES]
+TeacherDtype = Literal[TEACHER_DTYPES]
+ProjectorInit = Literal[PROJECTOR_INITS]
+Alignment = Literal[ALIGNMENTS]
+Normalization = Literal[NORMALIZATIONS]
+CacheDtype = Literal[tuple(CACHE_DTYPES)]
 
 # Axolotl features that replace the logits/loss path the plugin relies on.
 INCOMPATIBLE_FLAGS = {
@@ -51,7 +61,7 @@ class DSKDArgs(BaseModel):
         ),
     )
     dskd_teacher_adapter_revision: str | None = Field(None, description="hub revision of the adapter")
-    dskd_teacher_dtype: str = Field(
+    dskd_teacher_dtype: TeacherDtype = Field(
         "auto",
         description=("`auto` (= the student's compute dtype) | `float32` | `bfloat16` | `float16`"),
     )
@@ -65,7 +75,7 @@ class DSKDArgs(BaseModel):
         None,
         description=("teacher tokenizer dir or hub id (null = the teacher model's)"),
     )
-    dskd_alignment: str = Field(
+    dskd_alignment: Alignment = Field(
         "exact",
         description=("different tokenizers: `exact` (byte-exact pairs) | `eta_strict` (the paper's greedy ETA)"),
     )
@@ -78,7 +88,7 @@ class DSKDArgs(BaseModel):
     )
 
     # the loss knobs' defaults have one home: the loss's own config classes
-    dskd_method: str = Field(
+    dskd_method: Method = Field(
         LossConfig.method,
         description=(
             "`dskd` (DSKDv2 dual-space loss) | `vanilla_kd` (plain logit KD, the baseline; shared vocabulary only)"
@@ -89,7 +99,7 @@ class DSKDArgs(BaseModel):
         DivergenceConfig.temperature,
         description=("applied to both distributions of every KD term (no T² factor, as in DSKD)"),
     )
-    dskd_divergence: str = Field(
+    dskd_divergence: Divergence = Field(
         DivergenceConfig.name,
         description=(
             "`forward_kl` | `reverse_kl` | `js` | `skewed_forward_kl` | `skewed_reverse_kl` | `adaptive_kl` | `tvd`"
@@ -102,7 +112,7 @@ class DSKDArgs(BaseModel):
     )
 
     dskd_projector_lr: float = Field(5e-4, description="learning rate of the t2s projector's param group")
-    dskd_projector_init: str = Field(
+    dskd_projector_init: ProjectorInit = Field(
         "pinv",
         description=('`pinv` (DSKDv2 "ideal" init from the two LM heads) | `random`'),
     )
@@ -121,7 +131,7 @@ class DSKDArgs(BaseModel):
             "vocab in half its time on CPU; 1024 goes over 0.20x; see `benchmarks/README.md`)"
         ),
     )
-    dskd_normalization: str = Field(
+    dskd_normalization: Normalization = Field(
         LossConfig.normalization,
         description=(
             "`global`: every term / the global batch's response tokens (gradient accumulation = one big batch) | "
@@ -139,7 +149,7 @@ class DSKDArgs(BaseModel):
             'train from the folder `axolotl-dskd cache-teacher` wrote: no teacher body is loaded (see "Teacher cache")'
         ),
     )
-    dskd_teacher_cache_dtype: str = Field(
+    dskd_teacher_cache_dtype: CacheDtype = Field(
         "bfloat16",
         description=("how `cache-teacher` stores hidden states: `bfloat16` | `float16` | `float32`"),
     )
@@ -165,12 +175,15 @@ class DSKDArgs(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_unknown_keys(cls, data: Any) -> Any:
-        """A misspelled dskd_ key would otherwise be dropped and its default used silently."""
+    def _refuse_unknown_keys_and_choices(cls, data: Any) -> Any:
+        """A misspelled dskd_ key would otherwise be dropped and its default used silently;
+        a value outside a choice gets our one line (naming the key and every choice) rather
+        than pydantic's."""
         if isinstance(data, dict):
             for key in data:
                 if isinstance(key, str) and key.startswith("dskd_") and key not in cls.model_fields:
                     raise DSKDConfigError(unknown_key_message(key, tuple(cls.model_fields)))
+            check_choices({key: value for key, value in data.items() if key in DSKDArgs.model_fields})
         return data
 
     @model_validator(mode="after")
@@ -184,7 +197,7 @@ class DSKDArgs(BaseModel):
             )
         self.dskd_cross_tokenizer = cross
         if self.dskd_teacher_adapter:
-            from axolotl_dskd.distill.teacher_adapter import check_teacher_adapter
+            from axolotl_dskd.teacher.adapter import check_teacher_adapter
 
             check_teacher_adapter(self)
         check_teacher_cache(self)
@@ -208,9 +221,13 @@ def unknown_key_message(key: str, known: tuple[str, ...]) -> str:
     return f"{key}: not a key of the DSKD plugin; {hint}"
 
 
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise DSKDConfigError(f"{key}: {value!r} is not supported; use one of: {', '.join(allowed)}")
+def check_choices(settings: Mapping[str, Any]) -> None:
+    """Each `Literal`-typed key's value is one of its choices."""
+    for key, value in settings.items():
+        annotation = DSKDArgs.model_fields[key].annotation
+        allowed = get_args(annotation) if get_origin(annotation) is Literal else ()
+        if allowed and value not in allowed:
+            raise DSKDConfigError(f"{key}: {value!r} is not supported; use one of: {', '.join(allowed)}")
 
 
 def _in_range(key: str, value: float, low: float, high: float, closed: bool) -> None:
@@ -226,13 +243,7 @@ def check_settings(cfg: Any) -> None:
         raise DSKDConfigError(
             "dskd_teacher_model: required by axolotl_dskd.DSKDPlugin; set it to a local model dir or hub id"
         )
-    _one_of("dskd_method", cfg.dskd_method, METHODS)
-    _one_of("dskd_divergence", cfg.dskd_divergence, DIVERGENCES)
-    _one_of("dskd_teacher_dtype", cfg.dskd_teacher_dtype, TEACHER_DTYPES)
-    _one_of("dskd_projector_init", cfg.dskd_projector_init, PROJECTOR_INITS)
-    _one_of("dskd_alignment", cfg.dskd_alignment, ALIGNMENTS)
-    _one_of("dskd_normalization", cfg.dskd_normalization, NORMALIZATIONS)
-    _one_of("dskd_teacher_cache_dtype", cfg.dskd_teacher_cache_dtype, tuple(CACHE_DTYPES))
+    check_choices({key: getattr(cfg, key) for key in DSKD_KEYS})
     _in_range("dskd_kd_ratio", cfg.dskd_kd_ratio, 0.0, 1.0, closed=True)
     _in_range("dskd_skew_lambda", cfg.dskd_skew_lambda, 0.0, 1.0, closed=False)
     _in_range("dskd_adaptive_kl_alpha", cfg.dskd_adaptive_kl_alpha, 0.0, 1.0, closed=False)
@@ -356,7 +367,7 @@ def check_vocabularies(cfg: Any) -> bool | None:
     """Both tokenizers load; whether their vocabularies differ (None: the config names no
     student). A mismatch switches to cross-tokenizer DSKD, which only the dual-space
     method can do."""
-    from axolotl_dskd.vocabularies import teacher_tokenizer_path, vocabularies_differ
+    from axolotl_dskd.teacher.tokenizer import teacher_tokenizer_path, vocabularies_differ
 
     if not (getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)):
         return None
@@ -384,7 +395,7 @@ def _local_path(value: str | None) -> str | None:
 def teacher_cache_settings(cfg: Any) -> dict[str, Any]:
     """Everything a teacher cache depends on besides the rows themselves: the teacher and
     how it is held, both tokenizers, the teacher's rendering and the alignment."""
-    from axolotl_dskd.vocabularies import teacher_tokenizer_path
+    from axolotl_dskd.teacher.tokenizer import teacher_tokenizer_path
 
     cross = bool(cfg.dskd_cross_tokenizer)
     return {

@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from axolotl_dskd.collate.packing import model_inputs
 from axolotl_dskd.distill.step import DistillationStep, Rows
-from axolotl_dskd.distill.teacher import last_hidden_state, output_head
 from axolotl_dskd.loss.chunked import chunked_loss
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.terms import LossTerms
-from axolotl_dskd.packing import model_inputs
+from axolotl_dskd.teacher.loading import last_hidden_state, output_head
 
 
 def _batch(tokenizer, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.args import DSKDTrainingArgsMixin
-from axolotl_dskd.collator import IGNORE_INDEX, DSKDCrossTokenizerCollator
+from axolotl_dskd.collate.cross_tokenizer import IGNORE_INDEX, DSKDCrossTokenizerCollator
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, left_padded, prompts, sample, sampled_rows
 from axolotl_dskd.distill.step import DistillationStep
+from axolotl_dskd.integration.args import DSKDTrainingArgsMixin
 from axolotl_dskd.loss.config import LossConfig
-from tests.test_step import _batch
+from tests.distill.test_step import _batch
 
 PAD, EOS = 0, 9
 

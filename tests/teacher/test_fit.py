@@ -2,7 +2,7 @@
 
 import json
 
-from axolotl_dskd.distill.fit_check import TeacherFit
+from axolotl_dskd.teacher.fit import TeacherFit
 
 
 def _fit(teacher_acc: float, teacher_ce: float, student_ce: float = 2.0) -> TeacherFit:

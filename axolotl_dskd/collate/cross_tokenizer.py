@@ -12,7 +12,7 @@ tokenizer, and the trained runs are aligned token by token. The batch gains:
   the causal-shift coordinates of `labels[:, 1:]`; rows are aligned one by one, so no
   pair crosses a packed row's boundary.
 
-Rows of an `axolotl_dskd.chat_template` dataset already carry the teacher's own rendering
+Rows of an `axolotl_dskd.integration.chat_template` dataset already carry the teacher's own rendering
 (`teacher_input_ids`, `teacher_labels`); then only the alignment is done here.
 """
 
@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from axolotl_dskd.collate.packing import bins_of, is_packed, packed_row
+from axolotl_dskd.collate.rows import DSKDRowCollator
 from axolotl_dskd.loss import IGNORE_INDEX
-from axolotl_dskd.packing import bins_of, is_packed, packed_row
-from axolotl_dskd.row_collator import DSKDRowCollator
 from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat
 from axolotl_dskd.tokens.vocab import load_tokenizer, marker_free_table, token_bytes_table
 
-TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # rows of an axolotl_dskd.chat_template dataset
+TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # rows of an axolotl_dskd.integration.chat_template dataset
 
 
 @dataclass

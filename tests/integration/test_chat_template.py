@@ -1,4 +1,4 @@
-"""`axolotl_dskd.chat_template`: the teacher's view rendered with the teacher's own template."""
+"""`axolotl_dskd.integration.chat_template`: the teacher's view rendered with the teacher's own template."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from axolotl.prompt_strategies import load as load_strategy
 from axolotl.utils.dict import DictDefault
 
-from axolotl_dskd.collator import DSKDCrossTokenizerCollator
+from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator
 
 
 def test_each_side_uses_its_own_template_and_turns_align(tiny) -> None:
@@ -17,8 +17,12 @@ def test_each_side_uses_its_own_template_and_turns_align(tiny) -> None:
         dskd_teacher_tokenizer=None,
         dskd_teacher_trust_remote_code=False,
     )
-    ds_cfg = {"type": "axolotl_dskd.chat_template", "field_messages": "messages", "chat_template": "tokenizer_default"}
-    strategy = load_strategy("axolotl_dskd.chat_template", tiny.tokenizer, cfg, ds_cfg)
+    ds_cfg = {
+        "type": "axolotl_dskd.integration.chat_template",
+        "field_messages": "messages",
+        "chat_template": "tokenizer_default",
+    }
+    strategy = load_strategy("axolotl_dskd.integration.chat_template", tiny.tokenizer, cfg, ds_cfg)
     row = json.loads(tiny.chat_data.read_text().splitlines()[0])
     tokenized = strategy.tokenize_prompt(row)
     student_text = tiny.tokenizer.decode(tokenized["input_ids"])

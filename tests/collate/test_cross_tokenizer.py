@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from axolotl_dskd.collator import IGNORE_INDEX, DSKDCrossTokenizerCollator
+from axolotl_dskd.collate.cross_tokenizer import IGNORE_INDEX, DSKDCrossTokenizerCollator
 from axolotl_dskd.tokens.vocab import token_bytes_table
 from benchmarks.pairs import eta_strict_pairs, exact_pairs
 
@@ -76,7 +76,7 @@ def test_a_batch_without_trained_tokens_has_no_pairs(tiny) -> None:
 
 
 def test_utf8_split_carries_a_cut_character_and_replaces_invalid_bytes() -> None:
-    from axolotl_dskd.collator import _split_utf8
+    from axolotl_dskd.collate.cross_tokenizer import _split_utf8
 
     e_acute, han = "é".encode(), "日".encode()
     assert _split_utf8(b"caf" + e_acute[:1]) == ("caf", e_acute[:1])
