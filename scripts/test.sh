@@ -8,4 +8,7 @@ DS_BUILD_OPS=0 python -m pip install --quiet --disable-pip-version-check --no-bu
   -c <(echo "$DSKD_TORCH_PIN") "$DSKD_DEEPSPEED_PIN"
 ruff check .
 ruff format --check .
-python -m pytest "$@"
+# Two workers (pytest-xdist), one torch thread each: two default-threaded torch processes
+# on two cores slow each other down ~10x. Tests sharing a trained run stay on one worker.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+python -m pytest -n "${DSKD_TEST_WORKERS:-2}" --dist loadgroup "$@"

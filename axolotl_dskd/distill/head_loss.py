@@ -8,16 +8,15 @@ as a module attached to the student gives them that moment, and its backward.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from axolotl_dskd.engines import Engine
-from axolotl_dskd.loss.chunked import chunked_loss, pair_counts
+from axolotl_dskd.loss.chunked import chunked_loss
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.normaliser import Normaliser, pair_counts
 from axolotl_dskd.loss.projectors import S2TMap, T2SProjector
 from axolotl_dskd.loss.terms import Counts, LossTerms
 from axolotl_dskd.teacher.loading import output_head
@@ -70,22 +69,19 @@ class HeadLoss(nn.Module):
         student_rows: torch.Tensor,
         teacher_rows: torch.Tensor,
         labels: torch.Tensor,
-        weigh: Callable[[tuple[int, int] | None], LossTerms[float]],
+        normaliser: Normaliser,
     ) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
         """(weighted loss sum, term sums, counts): the first len(teacher_rows) student rows
-        pair with the teacher rows; the rest only enter the gold CE. `weigh` gives the term
-        weights from the pair counts (valid, agreeing) when the `paper` normalisation needs
-        them, else from None."""
+        pair with the teacher rows; the rest only enter the gold CE."""
         paired = teacher_rows.shape[0] > 0
         teacher_head = output_head(self.teacher)
         with self.engine.gathered(*([teacher_head] if paired else [])):
             heads = self.heads(output_head(self.student), teacher_space=paired)
             pairs = None
-            if self.loss_cfg.normalization == "paper" and self.t2s_projector is not None:
+            if normaliser.needs_pair_counts:
                 pairs = pair_counts(teacher_rows, heads, self.loss_cfg.chunk_size) if paired else (0, 0)
-            weighted, sums, counts = chunked_loss(
-                student_rows, teacher_rows, labels, heads, self.loss_cfg, weigh(pairs)
-            )
+            weights = normaliser.divided(labels.numel(), pairs)
+            weighted, sums, counts = chunked_loss(student_rows, teacher_rows, labels, heads, self.loss_cfg, weights)
         # keeps the projector in the graph when no row pairs with the teacher
         anchor = sum(p.sum() * 0.0 for p in self.parameters())
         return weighted + anchor, sums, counts

@@ -6,8 +6,8 @@ models and check gradient accumulation and gradient flow directly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +18,10 @@ from axolotl_dskd.collate.packing import model_inputs
 from axolotl_dskd.distill.head_loss import HeadLoss
 from axolotl_dskd.engines import Engine
 from axolotl_dskd.loss import IGNORE_INDEX
-from axolotl_dskd.loss.chunked import divided_weights, term_weights
+from axolotl_dskd.loss.chunked import term_weights
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.normaliser import Normaliser
 from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector
 from axolotl_dskd.loss.terms import Counts, LossTerms
 from axolotl_dskd.teacher.cache import (
@@ -158,15 +159,10 @@ class DistillationStep(nn.Module):
         return self.head_loss.heads(student_head)
 
     def _score(
-        self,
-        model: nn.Module,
-        inputs: dict[str, torch.Tensor],
-        weigh: Callable[[int, tuple[int, int] | None], LossTerms[float]],
-        with_teacher: bool,
+        self, model: nn.Module, inputs: dict[str, torch.Tensor], normaliser: Normaliser, with_teacher: bool
     ) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
-        """(loss + zero anchor, term sums, counts) of one batch; `weigh(response rows, pair
-        counts)` gives the divided term weights. Without the teacher every response row only
-        enters the gold CE."""
+        """(loss + zero anchor, term sums, counts) of one batch. Without the teacher every
+        response row only enters the gold CE."""
         model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
         cross = self.bridge is not None and with_teacher
         rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
@@ -177,12 +173,8 @@ class DistillationStep(nn.Module):
             teacher_rows = self._teacher_rows(inputs, rows, cross).to(student_hidden.device)
         else:
             teacher_rows = student_hidden.new_zeros((0, self.teacher_hidden_size))
-        n_rows = rows.labels.numel()
         loss, sums, counts = self.head_loss(
-            rows.student_rows(student_hidden),
-            teacher_rows,
-            rows.labels.to(student_hidden.device),
-            lambda pairs: weigh(n_rows, pairs),
+            rows.student_rows(student_hidden), teacher_rows, rows.labels.to(student_hidden.device), normaliser
         )
         # keeps every trainable tensor in the graph when a micro-batch has no response token
         return loss + student_hidden.sum() * 0.0, sums, counts
@@ -215,30 +207,16 @@ class DistillationStep(nn.Module):
         response-row count times `kd_divisor`, so a step's KD is the mean over its on-policy
         micro-batches wherever they ran.
         """
-        cfg, weights, cross = self.loss_cfg, term_weights(self.loss_cfg), self.bridge is not None
-
-        def gold_divisor(n_rows: int) -> float:
-            # a step whose rows were all cut to their prompts has no response token: its sums
-            # are 0, so any divisor gives loss 0 (as plain Axolotl logs) instead of 0 / 0
-            return float(max(n_rows if num_items_in_batch is None else int(num_items_in_batch), 1))
-
-        def off_policy(n_rows: int, pairs: tuple[int, int] | None) -> LossTerms[float]:
-            divisor = gold_divisor(n_rows)
-            return divided_weights(cfg, weights, divisor, divisor, kd_divisor, pairs, cross)
-
+        cfg, weights = self.loss_cfg, term_weights(self.loss_cfg)
+        total = None if num_items_in_batch is None else int(num_items_in_batch)
+        batch = Normaliser(cfg, weights, total_rows=total, per_step=kd_divisor, cross=self.bridge is not None)
         if kd_inputs is None:
-            loss, sums, counts = self._score(model, inputs, off_policy, with_teacher=True)
+            loss, sums, counts = self._score(model, inputs, batch, with_teacher=True)
             return loss, self.metrics(sums, counts)
-
-        def gold_weights(n_rows: int, _pairs: tuple[int, int] | None) -> LossTerms[float]:
-            return weights.gold_only().scaled(1.0 / gold_divisor(n_rows))
-
-        def on_policy(n_rows: int, pairs: tuple[int, int] | None) -> LossTerms[float]:
-            kd_rows = max(n_rows, 1) * kd_divisor
-            return divided_weights(cfg, weights.kd_only(), 1.0, kd_rows, kd_divisor, pairs, cross)
-
-        gold, gold_sums, gold_counts = self._score(model, inputs, gold_weights, with_teacher=False)
-        kd, kd_sums, kd_counts = self._score(model, kd_inputs, on_policy, with_teacher=True)
+        gold_batch = dataclasses.replace(batch, weights=weights.gold_only())
+        kd_batch = dataclasses.replace(batch, weights=weights.kd_only(), kd_by_batch_rows=True)
+        gold, gold_sums, gold_counts = self._score(model, inputs, gold_batch, with_teacher=False)
+        kd, kd_sums, kd_counts = self._score(model, kd_inputs, kd_batch, with_teacher=True)
         gold_ce = gold_sums.ce_loss.item() / max(gold_counts.n_tokens.item(), 1)
         metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_ce}
         return gold + kd, metrics
@@ -246,8 +224,8 @@ class DistillationStep(nn.Module):
     @torch.no_grad()
     def score(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[LossTerms[torch.Tensor], Counts]:
         """(term sums, counts) of one batch without gradients: for measuring, not training."""
-        weights = term_weights(self.loss_cfg)
-        _, sums, counts = self._score(model, inputs, lambda _rows, _pairs: weights, with_teacher=True)
+        normaliser = Normaliser(self.loss_cfg, term_weights(self.loss_cfg), cross=self.bridge is not None)
+        _, sums, counts = self._score(model, inputs, normaliser, with_teacher=True)
         return sums, counts
 
     def metrics(self, sums: LossTerms[torch.Tensor], counts: Counts) -> dict[str, float]:

@@ -22,9 +22,10 @@ from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.compat import FSDP_VERSION_WHEN_UNSET
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
+from axolotl_dskd.loss.objectives import OBJECTIVES
 from axolotl_dskd.teacher.cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
 
-METHODS = ("dskd", "vanilla_kd")
+METHODS = tuple(OBJECTIVES)
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 PROJECTOR_INITS = ("pinv", "random")
 ALIGNMENTS = ("exact", "eta_strict")

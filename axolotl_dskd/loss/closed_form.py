@@ -5,7 +5,7 @@ costs page faults, several times the arithmetic on CPU) and keeping them for bac
 For forward KL the gradients have a closed form, so this path works in three reused
 buffers per vocabulary, in place, and returns the gradients of the hidden rows, the
 student head and the projector directly. It gives the same sums, counts and gradients
-as `loss._pair_terms` + autograd (tested); any other divergence, or a chunk with a
+as the DSKD objective's terms + autograd (tested); any other divergence, or a chunk with a
 non-finite logit, goes through autograd instead.
 
 With p = softmax(a / T) the target and q = softmax(b / T) the trained side,

@@ -70,9 +70,6 @@ class LossTerms(_Stackable, Generic[Value]):
         """The same KD values, the gold CE zero."""
         return dataclasses.replace(self, ce_loss=self.ce_loss * 0.0)
 
-    def scaled(self, factor: float) -> LossTerms:
-        return LossTerms(*(value * factor for value in self.values()))
-
 
 @dataclass(frozen=True)
 class TeacherFitCounts(_Stackable):

@@ -64,6 +64,7 @@ def lora_run(tiny, tmp_path_factory) -> tuple[dict, Path]:
     return cfg, _train(AXOLOTL, cfg, workdir)
 
 
+@pytest.mark.xdist_group("lora_run")  # one worker trains the shared run once
 @pytest.mark.every_release
 def test_lora_run_learns_and_checkpoints_the_projector(lora_run) -> None:
     cfg, run_dir = lora_run
@@ -77,6 +78,7 @@ def test_lora_run_learns_and_checkpoints_the_projector(lora_run) -> None:
     assert ("ppl" in logged) == (not hasattr(AxolotlTrainer, "reports_token_perplexity"))
 
 
+@pytest.mark.xdist_group("lora_run")  # one worker trains the shared run once
 @pytest.mark.every_release
 def test_merge_lora_keeps_the_projector_where_axolotl_has_the_hook(lora_run, tmp_path) -> None:
     """`axolotl merge-lora` on a DSKD run works; from 0.21 (`post_lora_merge`) the merged
@@ -93,6 +95,7 @@ def test_merge_lora_keeps_the_projector_where_axolotl_has_the_hook(lora_run, tmp
         assert not (merged / PROJECTOR).exists()
 
 
+@pytest.mark.xdist_group("lora_run")  # one worker trains the shared run once
 def test_resume_from_middle_checkpoint_reproduces_the_projector(lora_run, tmp_path) -> None:
     cfg, run_dir = lora_run
     resumed_dir = tmp_path / "run"

@@ -1,14 +1,15 @@
-"""The hand-written forward-KL chunk against autograd through `loss._pair_terms`."""
+"""The hand-written forward-KL chunk against autograd through the DSKD objective's terms."""
 
 from dataclasses import replace
 
 import pytest
 import torch
 
-from axolotl_dskd.loss.chunked import _pair_terms, chunked_loss, closed_form
+from axolotl_dskd.loss.chunked import chunked_loss, closed_form
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.divergences import DivergenceConfig
 from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.objectives import DSKD
 from axolotl_dskd.loss.terms import LossTerms
 from benchmarks.reference_loss import reference_dskd
 
@@ -52,7 +53,7 @@ def _by_autograd(student_hidden, teacher_hidden, labels, heads: Heads, cfg: Loss
     head = heads.student_head.detach().requires_grad_(True)
     projector = heads.t2s_weight.detach().requires_grad_(True)
     trained_heads = replace(heads, student_head=head, t2s_weight=projector)
-    sums, counts = _pair_terms(hidden, teacher_hidden, labels, trained_heads, cfg)
+    sums, counts = DSKD().terms(hidden, teacher_hidden, labels, trained_heads, cfg)
     grads = torch.autograd.grad((sums.stack() * weights.stack()).sum(), [hidden, head, projector])
     return sums.stack().detach(), counts.stack(), grads
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.loss.chunked import chunked_loss, divided_weights, pair_counts, term_weights
+from axolotl_dskd.loss.chunked import chunked_loss, term_weights
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig, divergence
 from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.loss.normaliser import divided_weights, pair_counts
 from axolotl_dskd.loss.projectors import T2SProjector
 from benchmarks.reference_loss import reference_dskd, reference_paper
 

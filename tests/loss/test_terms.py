@@ -20,7 +20,6 @@ def test_weights_split_into_gold_and_kd_parts() -> None:
     assert weights.gold_only().as_dict() == {"ce_loss": 0.25} | dict.fromkeys(LossTerms.names()[1:], 0.0)
     assert weights.kd_only().as_dict() == {"ce_loss": 0.0} | dict.fromkeys(LossTerms.names()[1:], 0.75)
     assert (weights.gold_only() + weights.kd_only()).as_dict() == weights.as_dict()
-    assert weights.scaled(2.0).ce_loss == 0.5
 
 
 def test_pair_counts_come_from_masks_and_lone_rows_count_only_tokens() -> None:
