@@ -1,0 +1,68 @@
+"""The package's module-level imports form no cycle, and the pure layers stay pure:
+`loss/` and `tokens/` import nothing from Axolotl, the HF Trainer, the engines or the
+layers above them."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_dskd"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Module -> every module it imports at module level (inside functions is lazy by design)."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        graph[name] = {target for target in found if target in modules and target != name}
+    return graph
+
+
+def _external_imports(layer: str) -> set[str]:
+    roots: set[str] = set()
+    for path in (PACKAGE / layer).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                roots.add(node.module)
+            elif isinstance(node, ast.Import):
+                roots |= {alias.name for alias in node.names}
+    return roots
+
+
+def test_module_level_imports_have_no_cycle() -> None:
+    graph, state, cycles = _imports(), {}, []
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles
+
+
+def test_loss_and_tokens_import_no_framework_and_no_upper_layer() -> None:
+    forbidden = ("axolotl.", "transformers.trainer", "accelerate", "deepspeed", "axolotl_dskd.engines")
+    upper = ("axolotl_dskd.integration", "axolotl_dskd.collate", "axolotl_dskd.teacher", "axolotl_dskd.distill")
+    for layer in ("loss", "tokens"):
+        imported = _external_imports(layer)
+        bad = [name for name in imported if name == "axolotl" or name.startswith(forbidden + upper)]
+        assert not bad, (layer, bad)
