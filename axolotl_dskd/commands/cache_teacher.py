@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from axolotl_dskd.distill.step import Rows, live_teacher_rows
 from axolotl_dskd.teacher.cache import (
-    CACHE_DTYPES,
     HEAD_FILE,
     Manifest,
     ShardStamp,
@@ -41,7 +40,7 @@ from axolotl_dskd.teacher.cache import (
     verify_shard,
     write_shard,
 )
-from axolotl_dskd.teacher.loading import TeacherSpec, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.teacher.loading import DTYPES, TeacherSpec, load_teacher, output_head, resolve_dtype
 
 LOG = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ def build_split(
     shard_count = max(1, math.ceil(len(dataset) / settings.shard_rows))
     remove_other_layouts(out, split, shard_count)
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    dtype = CACHE_DTYPES[settings.dtype]
+    dtype = DTYPES[settings.dtype]
     mine = [index for index in range(shard_count) if index % world == rank]
     collated = ("input_ids", "attention_mask", "labels", "teacher_input_ids", "teacher_labels")
     columns = [name for name in collated if name in dataset.column_names]

@@ -37,7 +37,7 @@ TeacherDtype = Literal[TEACHER_DTYPES]
 ProjectorInit = Literal[PROJECTOR_INITS]
 Alignment = Literal[ALIGNMENTS]
 Normalization = Literal[NORMALIZATIONS]
-CacheDtype = Literal[tuple(CACHE_DTYPES)]
+CacheDtype = Literal[CACHE_DTYPES]
 
 # Axolotl features that replace the logits/loss path the plugin relies on.
 INCOMPATIBLE_FLAGS = {

@@ -30,10 +30,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from axolotl_dskd.teacher.loading import DTYPES
+
 FORMAT = 2  # 2: shards carry build, rows and content digests
 MANIFEST = "manifest.json"
 HEAD_FILE = "teacher_head.safetensors"
-CACHE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# how `cache-teacher` may store hidden states (names of teacher.loading.DTYPES), the default first
+CACHE_DTYPES = ("bfloat16", "float16", "float32")
 # the batch fields a cached batch carries instead of running the teacher
 CACHED_ROWS = "teacher_cached_rows"  # [teacher rows of the batch, hidden], in the loss's pair order
 CACHED_COUNTS = "teacher_cached_counts"  # [batch]: how many of those rows each batch row holds
@@ -282,7 +285,7 @@ class TeacherCache:
         if tensors:
             stacked = torch.cat(tensors)
         else:
-            stacked = torch.zeros((0, self.manifest.hidden_size), dtype=CACHE_DTYPES[self.manifest.dtype])
+            stacked = torch.zeros((0, self.manifest.hidden_size), dtype=DTYPES[self.manifest.dtype])
         return {CACHED_ROWS: stacked, CACHED_COUNTS: counts}
 
     def head(self) -> torch.Tensor:
