@@ -116,6 +116,8 @@ class DistillationStep(nn.Module):
         self.engine = engine or Engine()
         # the teacher is not a submodule: it must not reach the optimizer or the checkpoints
         self.__dict__["teacher"] = teacher
+        # the run's teacher source, decided once: a cached run's teacher is its head alone
+        self.reads_cache = isinstance(teacher, HeadOnlyTeacher)
         student_head, teacher_head = output_head(student), output_head(teacher)
         with self.engine.gathered(student_head, teacher_head):  # whole on every rank for the init
             self.teacher_hidden_size = teacher_head.shape[1]
@@ -182,11 +184,11 @@ class DistillationStep(nn.Module):
     def _teacher_rows(self, inputs: dict[str, torch.Tensor], rows: Rows, cross: bool) -> torch.Tensor:
         """The teacher's hidden rows the loss pairs: read from the batch when it comes from
         a teacher cache, else from a forward pass of the live teacher."""
-        if CACHED_ROWS in inputs:
-            return cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)
-        if isinstance(self.teacher, HeadOnlyTeacher):
+        if not self.reads_cache:
+            return live_teacher_rows(self.teacher, inputs, rows, cross)
+        if CACHED_ROWS not in inputs:
             raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
-        return live_teacher_rows(self.teacher, inputs, rows, cross)
+        return cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)
 
     def forward(
         self,
