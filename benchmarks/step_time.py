@@ -23,10 +23,11 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator  # noqa: E402
-from axolotl_dskd.collate.packing import model_inputs  # noqa: E402
+from axolotl_dskd.collate.packing import model_inputs, packing_flags  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
+from axolotl_dskd.distill.vocabulary import SharedVocabulary  # noqa: E402
 from axolotl_dskd.integration.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.loss.chunked import chunked_loss  # noqa: E402
 from axolotl_dskd.loss.config import LossConfig  # noqa: E402
@@ -48,7 +49,7 @@ def batch(tokenizer, size: int) -> dict[str, torch.Tensor]:
         "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded]),
         "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded]),
         "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in encoded]),
-    }
+    } | packing_flags(False, len(encoded))
 
 
 def unpadded(padded: dict[str, torch.Tensor]) -> list[dict[str, list[int]]]:
@@ -102,12 +103,12 @@ def main() -> None:
     student.train()
     inputs = batch(tokenizer, args.batch)
     step = DistillationStep(
-        student, teacher, LossConfig.from_settings(DSKDTrainingArgsMixin()), vocab_size=len(tokenizer)
+        student, teacher, LossConfig.from_settings(DSKDTrainingArgsMixin()), SharedVocabulary(len(tokenizer))
     )
     n_loss_tokens = int((inputs["labels"][:, 1:] != -100).sum())
 
     def sft() -> None:
-        student(**inputs).loss.backward()
+        student(**{key: inputs[key] for key in ("input_ids", "attention_mask", "labels")}).loss.backward()
         student.zero_grad(set_to_none=True)
 
     def dskd() -> None:

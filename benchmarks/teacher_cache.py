@@ -41,11 +41,11 @@ from axolotl_dskd.collate.rows import DSKDRowCollator  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.commands.cache_teacher import write_cache  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
+from axolotl_dskd.distill.vocabulary import CrossVocabulary, SharedVocabulary  # noqa: E402
 from axolotl_dskd.integration.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.loss.config import LossConfig  # noqa: E402
 from axolotl_dskd.teacher.cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
 from axolotl_dskd.teacher.loading import last_hidden_state, output_head  # noqa: E402
-from axolotl_dskd.tokens.vocab import VocabBridge  # noqa: E402
 from benchmarks.step_time import batch, timed_together, unpadded  # noqa: E402
 
 
@@ -75,15 +75,12 @@ def pair_models(pair: str, cache_dir: Path | None = None):
         teacher.requires_grad_(False)
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     student = get_peft_model(student, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")).train()
-    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir(pair)) if cross else tokenizer
-    step = DistillationStep(
-        student,
-        teacher,
-        LossConfig.from_settings(DSKDTrainingArgsMixin()),
-        vocab_size=len(tokenizer),
-        teacher_vocab_size=len(teacher_tokenizer),
-        bridge=VocabBridge.build(tokenizer, teacher_tokenizer) if cross else None,
+    vocab = (
+        CrossVocabulary(tokenizer, AutoTokenizer.from_pretrained(teacher_dir(pair)))
+        if cross
+        else SharedVocabulary(len(tokenizer))
     )
+    step = DistillationStep(student, teacher, LossConfig.from_settings(DSKDTrainingArgsMixin()), vocab)
     return student, teacher, tokenizer, step
 
 
@@ -127,21 +124,20 @@ def peak_rss(pair: str, size: int, cache_dir: str) -> dict[str, float]:
 
 def measure(pair: str, size: int, repeats: int) -> None:
     student, teacher, collator, features, live_step = setup(pair, size, None)
-    cross = pair == "cross"
     with tempfile.TemporaryDirectory() as tmp:
         cache_dir = Path(tmp)
         start = time.perf_counter()
         options = argparse.Namespace(shard_rows=1024, batch_size=size, dtype="bfloat16")
-        write_cache(cache_dir, teacher, collator, {"train": Dataset.from_list(features)}, options, {}, cross)
+        write_cache(
+            cache_dir, teacher, collator, {"train": Dataset.from_list(features)}, options, {}, live_step.vocabulary
+        )
         build_seconds = time.perf_counter() - start
         cached_collator = collator_for(pair, collator.tokenizer, cache_dir)
         cached_step = DistillationStep(
             student,
             HeadOnlyTeacher(TeacherCache(cache_dir).head()),
             live_step.loss_cfg,
-            vocab_size=live_step.head_loss.student_vocab,
-            teacher_vocab_size=live_step.head_loss.teacher_vocab,
-            bridge=live_step.bridge,
+            live_step.vocabulary,
         )
         live_inputs, cached_inputs = collator(features), cached_collator(features)
 
@@ -151,7 +147,9 @@ def measure(pair: str, size: int, repeats: int) -> None:
 
         def forward() -> None:
             with torch.no_grad():
-                last_hidden_state(teacher, model_inputs(live_inputs, "teacher_" if cross else "", teacher.device))
+                last_hidden_state(
+                    teacher, model_inputs(live_inputs, live_step.vocabulary.teacher_prefix, teacher.device)
+                )
 
         times = timed_together(
             {
@@ -165,7 +163,7 @@ def measure(pair: str, size: int, repeats: int) -> None:
         )
         stored_rows = int(cached_inputs["teacher_cached_counts"].sum())
         cache_bytes = sum(path.stat().st_size for path in cache_dir.glob("train-*"))
-        teacher_tokens = int(live_inputs["teacher_attention_mask" if cross else "attention_mask"].sum())
+        teacher_tokens = int(live_inputs[live_step.vocabulary.teacher_prefix + "attention_mask"].sum())
         live_rss = peak_rss(pair, size, "")
         cached_rss = peak_rss(pair, size, str(cache_dir))
     body_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
@@ -198,13 +196,14 @@ def _train(step_parts, init_state, dtype: str | None, steps: int, size: int) -> 
     with tempfile.TemporaryDirectory() as tmp:
         if dtype is not None:
             options = argparse.Namespace(shard_rows=1024, batch_size=size, dtype=dtype)
-            write_cache(Path(tmp), teacher, collator, {"train": Dataset.from_list(features)}, options, {}, False)
+            vocab = SharedVocabulary(len(collator.tokenizer))
+            write_cache(Path(tmp), teacher, collator, {"train": Dataset.from_list(features)}, options, {}, vocab)
         student.load_state_dict(init_state)
         step = DistillationStep(
             student,
             teacher if dtype is None else HeadOnlyTeacher(TeacherCache(tmp).head()),
             LossConfig.from_settings(DSKDTrainingArgsMixin()),
-            vocab_size=len(collator.tokenizer),
+            SharedVocabulary(len(collator.tokenizer)),
         )
         collate = collator_for("demo", collator.tokenizer, None if dtype is None else Path(tmp))
         trained = [p for p in student.parameters() if p.requires_grad] + list(step.parameters())

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from axolotl_dskd.commands.cache_teacher import unwritable, verify, write_cache
+from axolotl_dskd.distill.vocabulary import SharedVocabulary
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.resume import PROJECTOR_FILE, choose_checkpoint
 from axolotl_dskd.teacher.cache import TeacherCache, TeacherCacheError, row_key, weights_identity
@@ -37,7 +38,15 @@ def _build(tiny, teacher_dir: Path, features: list[dict], out: Path, dtype: str 
     options = argparse.Namespace(shard_rows=3, batch_size=2, dtype=dtype)
     settings = {"dskd_teacher_model": "teacher", "teacher_weights": weights_identity(str(teacher_dir))}
     dataset = {"train": Dataset.from_list(features)}
-    write_cache(out, _teacher(teacher_dir), _collator(tiny, False), dataset, options, settings, False)
+    write_cache(
+        out,
+        _teacher(teacher_dir),
+        _collator(tiny, False),
+        dataset,
+        options,
+        settings,
+        SharedVocabulary(len(tiny.tokenizer)),
+    )
 
 
 def _rows(cache_dir: Path, features: list[dict]) -> torch.Tensor:
@@ -123,7 +132,15 @@ def test_truncated_shard_is_refused_before_any_model_loads(tiny, tmp_path) -> No
     options = argparse.Namespace(shard_rows=3, batch_size=2, dtype="float32")
     settings = teacher_cache_settings(_validate(tiny, tmp_path))
     features = {"train": Dataset.from_list(_features(tiny.tokenizer, tiny.data, rows=5))}
-    write_cache(cache, _teacher(tiny.teacher), _collator(tiny, False), features, options, settings, False)
+    write_cache(
+        cache,
+        _teacher(tiny.teacher),
+        _collator(tiny, False),
+        features,
+        options,
+        settings,
+        SharedVocabulary(len(tiny.tokenizer)),
+    )
     assert _validate(tiny, tmp_path, dskd_teacher_cache=str(cache)).dskd_teacher_cache == str(cache)
     shard = cache / SHARDS[0]
     shard.write_bytes(shard.read_bytes()[:40])

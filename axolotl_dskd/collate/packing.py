@@ -7,6 +7,9 @@ from the position ids alone (a block-diagonal causal mask under sdpa, eager and 
 varlen kernels under flash-attention), so no token attends across a row boundary. The
 first label of every packed row but the first is masked: it would otherwise be predicted
 from the previous row's last token, a pair that unpacked training never scores.
+
+Whether a batch is packed is decided by the collator alone, from what the sampler handed
+it, and written into the batch (`PACKED`); later layers read that field.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from axolotl_dskd.loss import IGNORE_INDEX
 
 # attention implementations that isolate rows from position ids alone (transformers 5)
 ISOLATING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+# batch field, one flag per batch row (so it splits and concatenates with the batch):
+# True when the collator packed the batch's rows
+PACKED = "dskd_packed"
 
 
 def is_packed(features: Sequence[Any]) -> bool:
@@ -48,15 +54,22 @@ def packed_row(rows: Sequence[dict[str, Any]]) -> dict[str, list[int]]:
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
-def batch_is_packed(batch: dict[str, torch.Tensor], prefix: str = "") -> bool:
-    """A collated batch is packed when its rows come with positions and no attention mask."""
-    return prefix + "position_ids" in batch and prefix + "attention_mask" not in batch
+def packing_flags(packed: bool, batch_rows: int) -> dict[str, torch.Tensor]:
+    """The collator's word on packing, as a batch field."""
+    return {PACKED: torch.full((batch_rows,), packed, dtype=torch.bool)}
+
+
+def batch_is_packed(batch: dict[str, torch.Tensor]) -> bool:
+    """What the collator wrote: a batch from elsewhere is an error, not a guess."""
+    if PACKED not in batch:
+        raise KeyError(f"a batch without `{PACKED}`: batches must come from the plugin's collators")
+    return bool(batch[PACKED][0])
 
 
 def model_inputs(batch: dict[str, torch.Tensor], prefix: str, device: torch.device) -> dict[str, torch.Tensor]:
     """The forward arguments of one side of a batch (prefix "" student, "teacher_" teacher):
     ids with the attention mask, or with the packed position ids."""
-    mask_or_positions = "position_ids" if batch_is_packed(batch, prefix) else "attention_mask"
+    mask_or_positions = "position_ids" if batch_is_packed(batch) else "attention_mask"
     return {
         "input_ids": batch[prefix + "input_ids"].to(device),
         mask_or_positions: batch[prefix + mask_or_positions].to(device),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from axolotl.utils.collators.batching import DataCollatorForSeq2Seq
 
-from axolotl_dskd.collate.packing import bins_of, is_packed, packed_row
+from axolotl_dskd.collate.packing import bins_of, is_packed, packed_row, packing_flags
 from axolotl_dskd.teacher.cache import CACHED_COUNTS, TeacherCache, row_key
 
 
@@ -27,8 +27,9 @@ def _with_attention_mask(row: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class DSKDRowCollator(DataCollatorForSeq2Seq):
-    """Axolotl's padding collator that also packs multipack bins; with `teacher_cache` set,
-    batches also carry the cached teacher rows of their rows (the step then runs no teacher)."""
+    """Axolotl's padding collator that also packs multipack bins (and says so in the batch's
+    `PACKED` field); with `teacher_cache` set, batches also carry the cached teacher rows of
+    their rows (the step then runs no teacher)."""
 
     teacher_cache: str = ""
     _cache: dict[str, TeacherCache] = field(default_factory=dict, repr=False)
@@ -36,10 +37,12 @@ class DSKDRowCollator(DataCollatorForSeq2Seq):
     def __call__(self, features: list[Any], return_tensors: str | None = None) -> dict[str, Any]:
         bins = bins_of(features)
         keys = [[row_key(row["input_ids"], row["labels"]) for row in rows] for rows in bins if self.teacher_cache]
-        if is_packed(features):
+        packed = is_packed(features)
+        if packed:
             batch = super().__call__([packed_row(rows) for rows in bins], return_tensors)
         else:
             batch = super().__call__([_with_attention_mask(row) for row in features], return_tensors)
+        batch.update(packing_flags(packed, len(bins)))
         if self.teacher_cache:
             if not self._cache:  # opened on first use, in the process that collates
                 self._cache["open"] = TeacherCache(self.teacher_cache)

@@ -25,7 +25,8 @@ import yaml
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from axolotl_dskd.distill.step import Rows, live_teacher_rows
+from axolotl_dskd.distill.rows import live_teacher_rows
+from axolotl_dskd.distill.vocabulary import Vocabulary, vocabulary
 from axolotl_dskd.teacher.cache import (
     HEAD_FILE,
     Manifest,
@@ -81,10 +82,13 @@ def _collator(cfg: Any, tokenizer: Any) -> Any:
     return collator_cls(tokenizer, padding=True, return_tensors="pt", **_padding(cfg), **kwargs)
 
 
-def teacher_rows_by_row(teacher: torch.nn.Module, batch: dict[str, torch.Tensor], cross: bool) -> list[torch.Tensor]:
+def teacher_rows_by_row(
+    teacher: torch.nn.Module, batch: dict[str, torch.Tensor], vocab: Vocabulary
+) -> list[torch.Tensor]:
     """The teacher's hidden rows the loss reads, split per batch row, in the loss's order."""
-    rows = Rows.build(batch["labels"], batch["dskd_pairs"] if cross else None)
-    return per_row(live_teacher_rows(teacher, batch, rows, cross), rows.teacher_index[0], batch["labels"].shape[0])
+    rows = vocab.rows(batch)
+    hidden_rows = live_teacher_rows(teacher, batch, rows, vocab.teacher_prefix)
+    return per_row(hidden_rows, rows.teacher_index[0], batch["labels"].shape[0])
 
 
 def stale_reason(path: Path, build: str, keys: list[str]) -> str | None:
@@ -139,7 +143,7 @@ def build_split(
     out: Path,
     split: str,
     settings: argparse.Namespace,
-    cross: bool,
+    vocab: Vocabulary,
     build: str,
 ) -> SplitInfo:
     """Write this process's shards of one split (keeping finished ones of this build)."""
@@ -166,7 +170,7 @@ def build_split(
             indices = range(start, min(last, start + settings.batch_size))
             chunk = dataset[indices.start : indices.stop]
             features = [{column: chunk[column][k] for column in columns} for k in range(len(indices))]
-            hidden_rows = teacher_rows_by_row(teacher, collator(features), cross)
+            hidden_rows = teacher_rows_by_row(teacher, collator(features), vocab)
             for i, rows in zip(indices, hidden_rows, strict=True):
                 stored.setdefault(keys[i], rows.to("cpu", dtype).clone())
             bar.update(len(indices))
@@ -182,7 +186,7 @@ def write_cache(
     splits: dict[str, Any],
     options: argparse.Namespace,
     settings: dict[str, Any],
-    cross: bool,
+    vocab: Vocabulary,
 ) -> Manifest:
     """Build every split's shards of this process; rank 0 then writes the head and the
     manifest (written last: a folder without it is no cache)."""
@@ -197,7 +201,7 @@ def write_cache(
     )
     for split, dataset in splits.items():
         if dataset is not None and len(dataset):
-            manifest.splits[split] = build_split(teacher, collator, dataset, out, split, options, cross, manifest.build)
+            manifest.splits[split] = build_split(teacher, collator, dataset, out, split, options, vocab, manifest.build)
     if int(os.environ.get("RANK", "0")) == 0:
         temporary = out / f".{HEAD_FILE}.{os.getpid()}"
         save_file({"weight": head.to("cpu").contiguous()}, str(temporary))
@@ -260,14 +264,15 @@ def cache_teacher(args: argparse.Namespace) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     spec = TeacherSpec.from_settings(cfg, resolve_dtype(cfg.dskd_teacher_dtype, cfg.torch_dtype))
+    tokenizer = load_tokenizer(cfg)
     write_cache(
         out,
         load_teacher(spec, device),
-        _collator(cfg, load_tokenizer(cfg)),
+        _collator(cfg, tokenizer),
         {"train": data.train_dataset, "eval": data.eval_dataset},
         args,
         teacher_cache_settings(cfg),
-        bool(cfg.dskd_cross_tokenizer),
+        vocabulary(cfg, tokenizer),
     )
     total = sum(path.stat().st_size for path in out.glob("*.safetensors"))
     print(f"cache-teacher: wrote {out} ({total / 2**20:.1f} MiB, {args.dtype})")

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from axolotl_dskd.collate.packing import model_inputs
+from axolotl_dskd.collate.packing import PACKED
 from axolotl_dskd.distill.head_loss import HeadLoss
+from axolotl_dskd.distill.rows import Rows, live_teacher_rows
+from axolotl_dskd.distill.vocabulary import Vocabulary
 from axolotl_dskd.engines import Engine
-from axolotl_dskd.loss import IGNORE_INDEX
 from axolotl_dskd.loss.chunked import term_weights
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.normaliser import Normaliser
-from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector
+from axolotl_dskd.loss.projectors import S2TMap, T2SProjector
 from axolotl_dskd.loss.terms import Counts, LossTerms
 from axolotl_dskd.teacher.cache import (
     CACHED_COUNTS,
@@ -31,12 +31,13 @@ from axolotl_dskd.teacher.cache import (
     TeacherCacheError,
     cached_teacher_rows,
 )
-from axolotl_dskd.teacher.loading import last_hidden_state, output_head
-from axolotl_dskd.tokens.vocab import VocabBridge
+from axolotl_dskd.teacher.loading import output_head
 
 LOG = logging.getLogger(__name__)
-# what a batch carries beside the student's fields for the teacher (the collators fill them)
-TEACHER_FIELDS = (
+# what a batch carries beside the student's forward arguments (the collators fill them)
+NOT_STUDENT_INPUTS = (
+    "labels",
+    PACKED,
     "teacher_input_ids",
     "teacher_attention_mask",
     "teacher_position_ids",
@@ -47,55 +48,11 @@ TEACHER_FIELDS = (
 )
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Response positions that enter the loss, in the causal-shift coordinates of
-    labels[:, 1:]: student rows paired with a teacher row first, then unpaired ones."""
-
-    student_index: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) per student row
-    teacher_index: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) per pair
-    labels: torch.Tensor  # gold student label per student row
-
-    @classmethod
-    def build(cls, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> Rows:
-        """Same vocabulary (`pairs` None): every response row pairs with itself."""
-        targets = labels[:, 1:]
-        trained = targets != IGNORE_INDEX
-        if pairs is None:
-            student_index = teacher_index = trained.nonzero(as_tuple=True)
-        else:
-            rows, student_pos, teacher_pos = pairs.to(labels.device).unbind(-1)
-            unpaired = trained.clone()
-            unpaired[rows, student_pos] = False
-            alone_rows, alone_pos = unpaired.nonzero(as_tuple=True)
-            student_index = (torch.cat([rows, alone_rows]), torch.cat([student_pos, alone_pos]))
-            teacher_index = (rows, teacher_pos)
-        return cls(student_index, teacher_index, targets[student_index])
-
-    @staticmethod
-    def _take(hidden: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return hidden[:, :-1][index[0].to(hidden.device), index[1].to(hidden.device)]
-
-    def student_rows(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._take(hidden, self.student_index)
-
-    def teacher_rows(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self._take(hidden, self.teacher_index)
-
-
-@torch.no_grad()
-def live_teacher_rows(teacher: nn.Module, inputs: dict[str, torch.Tensor], rows: Rows, cross: bool) -> torch.Tensor:
-    """The teacher's hidden rows at `rows`, from a forward pass over the batch (its own
-    tokenization of it when the tokenizers differ)."""
-    teacher_inputs = model_inputs(inputs, "teacher_" if cross else "", output_head(teacher).device)
-    return rows.teacher_rows(last_hidden_state(teacher, teacher_inputs))
-
-
 class DistillationStep(nn.Module):
     """Holds the frozen teacher and the projectors; turns a batch into the DSKD loss.
 
-    With a `bridge` (teacher and student tokenizers differ) the teacher reads its own
-    tokenization of the batch (`teacher_*` fields and `dskd_pairs` from the collator).
+    `vocabulary` (shared or cross, decided once for the run) says which head rows are real
+    tokens, which rows pair and what the teacher reads.
     """
 
     def __init__(
@@ -103,16 +60,14 @@ class DistillationStep(nn.Module):
         student: PreTrainedModel,
         teacher: PreTrainedModel,
         loss_cfg: LossConfig,
-        vocab_size: int,
-        teacher_vocab_size: int | None = None,
-        bridge: VocabBridge | None = None,
+        vocabulary: Vocabulary,
         projector_init: str = "pinv",
         init_topk_vocab: int | None = None,
         engine: Engine | None = None,
     ) -> None:
         super().__init__()
         self.loss_cfg = loss_cfg
-        self.bridge = bridge
+        self.vocabulary = vocabulary
         self.engine = engine or Engine()
         # the teacher is not a submodule: it must not reach the optimizer or the checkpoints
         self.__dict__["teacher"] = teacher
@@ -121,13 +76,10 @@ class DistillationStep(nn.Module):
         student_head, teacher_head = output_head(student), output_head(teacher)
         with self.engine.gathered(student_head, teacher_head):  # whole on every rank for the init
             self.teacher_hidden_size = teacher_head.shape[1]
-            student_vocab = min(vocab_size, student_head.shape[0])
-            teacher_vocab = min(teacher_vocab_size or vocab_size, teacher_head.shape[0])
-            if bridge is None:  # one vocabulary: an id is a real token only if both sides have it
-                student_vocab = teacher_vocab = min(student_vocab, teacher_vocab)
+            head_vocab = vocabulary.head_vocab(student_head.shape[0], teacher_head.shape[0])
             t2s_projector, s2t_map = None, None
             if loss_cfg.method == "dskd":
-                vocab = self._shared_vocab(init_topk_vocab, student_vocab)
+                vocab = vocabulary.projector_vocab(init_topk_vocab, head_vocab)
                 t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
                 if projector_init == "pinv":
                     rel_error = t2s_projector.init_pinv(student_head, teacher_head, vocab)
@@ -139,22 +91,16 @@ class DistillationStep(nn.Module):
             student,
             teacher,
             loss_cfg,
-            (student_vocab, teacher_vocab),
+            head_vocab,
             t2s_projector,
             s2t_map,
-            None if bridge is None else (bridge.teacher_to_student, bridge.student_to_teacher),
+            vocabulary.id_maps,
             self.engine,
         )
 
     @property
     def t2s_projector(self) -> T2SProjector | None:
         return self.head_loss.t2s_projector
-
-    def _shared_vocab(self, topk: int | None, student_vocab: int) -> SharedVocab:
-        if self.bridge is None:  # student_vocab == teacher_vocab here
-            return SharedVocab.first_ids(min(topk or student_vocab, student_vocab))
-        student_ids, teacher_ids = self.bridge.shared_student_ids, self.bridge.shared_teacher_ids
-        return SharedVocab(student_ids[:topk], teacher_ids[:topk])
 
     def heads(self, student_head: torch.Tensor) -> Heads:
         """The loss's view of the heads, for callers that run `chunked_loss` themselves."""
@@ -165,14 +111,14 @@ class DistillationStep(nn.Module):
     ) -> tuple[torch.Tensor, LossTerms[torch.Tensor], Counts]:
         """(loss + zero anchor, term sums, counts) of one batch. Without the teacher every
         response row only enters the gold CE."""
-        model_inputs = {k: v for k, v in inputs.items() if k != "labels" and k not in TEACHER_FIELDS}
-        cross = self.bridge is not None and with_teacher
-        rows = Rows.build(inputs["labels"], inputs["dskd_pairs"] if cross else None)
+        model_inputs = {k: v for k, v in inputs.items() if k not in NOT_STUDENT_INPUTS}
+        # without the teacher no row pairs: the student's rows alone, as with one vocabulary
+        rows = self.vocabulary.rows(inputs) if with_teacher else Rows.build(inputs["labels"])
         outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
         student_hidden = outputs.hidden_states[-1]
         self.engine.before_loss(model)  # the loss reads the head and the projector outside forward
         if with_teacher:
-            teacher_rows = self._teacher_rows(inputs, rows, cross).to(student_hidden.device)
+            teacher_rows = self._teacher_rows(inputs, rows).to(student_hidden.device)
         else:
             teacher_rows = student_hidden.new_zeros((0, self.teacher_hidden_size))
         loss, sums, counts = self.head_loss(
@@ -181,11 +127,11 @@ class DistillationStep(nn.Module):
         # keeps every trainable tensor in the graph when a micro-batch has no response token
         return loss + student_hidden.sum() * 0.0, sums, counts
 
-    def _teacher_rows(self, inputs: dict[str, torch.Tensor], rows: Rows, cross: bool) -> torch.Tensor:
+    def _teacher_rows(self, inputs: dict[str, torch.Tensor], rows: Rows) -> torch.Tensor:
         """The teacher's hidden rows the loss pairs: read from the batch when it comes from
         a teacher cache, else from a forward pass of the live teacher."""
         if not self.reads_cache:
-            return live_teacher_rows(self.teacher, inputs, rows, cross)
+            return live_teacher_rows(self.teacher, inputs, rows, self.vocabulary.teacher_prefix)
         if CACHED_ROWS not in inputs:
             raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
         return cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)
@@ -211,7 +157,7 @@ class DistillationStep(nn.Module):
         """
         cfg, weights = self.loss_cfg, term_weights(self.loss_cfg)
         total = None if num_items_in_batch is None else int(num_items_in_batch)
-        batch = Normaliser(cfg, weights, total_rows=total, per_step=kd_divisor, cross=self.bridge is not None)
+        batch = Normaliser(cfg, weights, total_rows=total, per_step=kd_divisor, cross=self.vocabulary.cross)
         if kd_inputs is None:
             loss, sums, counts = self._score(model, inputs, batch, with_teacher=True)
             return loss, self.metrics(sums, counts)
@@ -225,8 +171,10 @@ class DistillationStep(nn.Module):
 
     @torch.no_grad()
     def score(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[LossTerms[torch.Tensor], Counts]:
-        """(term sums, counts) of one batch without gradients: for measuring, not training."""
-        normaliser = Normaliser(self.loss_cfg, term_weights(self.loss_cfg), cross=self.bridge is not None)
+        """(term sums, counts) of one batch without gradients: for measuring, not training.
+        The sums do not depend on the weights, so `paper`'s pair counts are not computed."""
+        unweighted = dataclasses.replace(self.loss_cfg, normalization="global")
+        normaliser = Normaliser(unweighted, term_weights(self.loss_cfg), cross=self.vocabulary.cross)
         _, sums, counts = self._score(model, inputs, normaliser, with_teacher=True)
         return sums, counts
 

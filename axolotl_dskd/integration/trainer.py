@@ -12,13 +12,12 @@ from axolotl_dskd import engines
 from axolotl_dskd.collate.cross_tokenizer import TEACHER_COLUMNS
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, OnPolicySampler
 from axolotl_dskd.distill.step import DistillationStep
+from axolotl_dskd.distill.vocabulary import vocabulary
 from axolotl_dskd.integration.fit_check import TeacherFitCheck
 from axolotl_dskd.integration.projector_state import projector_state
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.teacher.loading import output_head, resolve_dtype
 from axolotl_dskd.teacher.source import teacher_source
-from axolotl_dskd.teacher.tokenizer import teacher_tokenizer
-from axolotl_dskd.tokens.vocab import VocabBridge
 
 LOG = logging.getLogger(__name__)
 
@@ -43,9 +42,8 @@ class DSKDTrainer(AxolotlTrainer):
             datasets={"train": self.train_dataset, "eval": self.eval_dataset},
             attn_implementation=self.model.config._attn_implementation,
         )
-        teacher_vocab = teacher_tokenizer(self.args)
-        cross = self.args.dskd_cross_tokenizer
-        if cross:
+        vocab = vocabulary(self.args, self.processing_class)
+        if vocab.cross:
             LOG.info(
                 "dskd: teacher and student tokenizers differ: cross-tokenizer DSKD, %s alignment",
                 self.args.dskd_alignment,
@@ -54,9 +52,7 @@ class DSKDTrainer(AxolotlTrainer):
             student=self.model,
             teacher=teacher,
             loss_cfg=LossConfig.from_settings(self.args),
-            vocab_size=len(self.processing_class),
-            teacher_vocab_size=len(teacher_vocab),
-            bridge=VocabBridge.build(self.processing_class, teacher_vocab) if cross else None,
+            vocabulary=vocab,
             projector_init=self.args.dskd_projector_init,
             init_topk_vocab=self.args.dskd_init_topk_vocab,
             engine=self.engine,

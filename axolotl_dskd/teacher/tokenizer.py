@@ -1,7 +1,8 @@
 """The two tokenizers an Axolotl config names, and whether their vocabularies differ.
 
 The YAML validation decides "same or different tokenizers" once and stores the answer
-as `dskd_cross_tokenizer`; the collator choice and the trainer read it from there.
+as `dskd_cross_tokenizer`; the collator choice reads it, and `distill.vocabulary` turns
+it into the mode object the step and the cache builder ask.
 """
 
 from __future__ import annotations

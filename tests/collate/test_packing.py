@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.collate.packing import model_inputs, packed_row, sub_rows
+from axolotl_dskd.collate.packing import model_inputs, packed_row, packing_flags, sub_rows
 from axolotl_dskd.distill.on_policy import prompts
-from axolotl_dskd.distill.step import Rows
+from axolotl_dskd.distill.rows import Rows
 from axolotl_dskd.teacher.cache import HeadOnlyTeacher, TeacherCache
 from axolotl_dskd.teacher.loading import last_hidden_state
 from tests.teacher.test_cache import CROSS, _build, _collator, _features, _loss_and_grads, _step, _teacher_dir
@@ -44,7 +44,7 @@ def test_on_policy_prompts_are_cut_per_packed_row_and_skip_the_padded_tail() -> 
         "input_ids": torch.tensor([[5, 6, 7, 8, 9, 4, 0, 0]]),
         "labels": torch.tensor([[-100, -100, 7, -100, -100, 4, -100, -100]]),
         "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1]]),
-    }
+    } | packing_flags(True, 1)
     assert sub_rows(batch["position_ids"]) == [[(0, 3), (3, 6), (6, 8)]]
     assert prompts(batch) == [[5, 6], [8, 9]]
 
@@ -113,7 +113,9 @@ def test_changing_one_packed_row_leaves_the_other_rows_untouched(tiny, teacher_k
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     # the check can fail: the same rows with one attention mask over the whole pack do see row 0
     leaking = {key: value for key, value in after.items() if key != "position_ids"}
-    leaking["attention_mask"] = torch.ones_like(after["input_ids"])
+    leaking |= packing_flags(False, after["input_ids"].shape[0]) | {
+        "attention_mask": torch.ones_like(after["input_ids"])
+    }
     with torch.no_grad():
         leaked = student(
             **model_inputs(leaking, "", student.device), output_hidden_states=True, use_cache=False

@@ -9,8 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from axolotl_dskd.collate.cross_tokenizer import IGNORE_INDEX, DSKDCrossTokenizerCollator
+from axolotl_dskd.collate.packing import packing_flags
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, left_padded, prompts, sample, sampled_rows
 from axolotl_dskd.distill.step import DistillationStep
+from axolotl_dskd.distill.vocabulary import SharedVocabulary
 from axolotl_dskd.integration.args import DSKDTrainingArgsMixin
 from axolotl_dskd.loss.config import LossConfig
 from tests.distill.test_step import _batch
@@ -28,7 +30,7 @@ def test_prompts_stop_at_the_first_trained_label_and_drop_padding() -> None:
     input_ids = torch.tensor([[5, 6, 7, 8, 9, PAD], [5, 6, 7, 8, 4, 9]])
     attention_mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]])
     labels = torch.tensor([[-100, -100, 7, 8, 9, -100], [-100, -100, -100, -100, 4, 9]])
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels} | packing_flags(False, 2)
     assert prompts(batch) == [[5, 6], [5, 6, 7, 8]]
 
 
@@ -113,7 +115,9 @@ def test_on_policy_loss_on_the_gold_batch_is_the_off_policy_loss(tiny, student) 
     teacher = AutoModelForCausalLM.from_pretrained(tiny.teacher, dtype=torch.float32).eval().requires_grad_(False)
     rows = [json.loads(line) for line in tiny.data.read_text().splitlines()[:3]]
     batch = _batch(tiny.tokenizer, rows)
-    step = DistillationStep(student, teacher, LossConfig(kd_ratio=0.3, chunk_size=16), len(tiny.tokenizer))
+    step = DistillationStep(
+        student, teacher, LossConfig(kd_ratio=0.3, chunk_size=16), SharedVocabulary(len(tiny.tokenizer))
+    )
     trained = [p for p in [*student.parameters(), *step.parameters()] if p.requires_grad]
 
     def loss_and_grads(**kwargs):

@@ -9,8 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.collate.packing import model_inputs
-from axolotl_dskd.distill.step import DistillationStep, Rows
+from axolotl_dskd.collate.packing import model_inputs, packing_flags
+from axolotl_dskd.distill.rows import Rows
+from axolotl_dskd.distill.step import DistillationStep
+from axolotl_dskd.distill.vocabulary import SharedVocabulary
 from axolotl_dskd.loss.chunked import chunked_loss
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.terms import LossTerms
@@ -30,7 +32,7 @@ def _batch(tokenizer, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:
         "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in encoded]),
         "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in encoded]),
         "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in encoded]),
-    }
+    } | packing_flags(False, len(encoded))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ GRADIENT_TABLE = {
 @pytest.mark.parametrize("part", ["student body", "student head", "t2s projector", "teacher"])
 def test_gradient_flow_table(models, term: str, part: str) -> None:
     student, teacher, batch, vocab_size = models
-    step = DistillationStep(student, teacher, LossConfig(agreement_mask=False), vocab_size)
+    step = DistillationStep(student, teacher, LossConfig(agreement_mask=False), SharedVocabulary(vocab_size))
     tensors = {
         "student body": student.model.layers[0].self_attn.q_proj.weight,
         "student head": student.lm_head.weight,
@@ -90,7 +92,7 @@ def test_gradient_flow_table(models, term: str, part: str) -> None:
 @pytest.mark.parametrize("method", ["dskd", "vanilla_kd"])
 def test_gradient_accumulation_split_gives_the_same_loss_and_gradients(models, method: str) -> None:
     student, teacher, batch, vocab_size = models
-    step = DistillationStep(student, teacher, LossConfig(method=method, chunk_size=16), vocab_size)
+    step = DistillationStep(student, teacher, LossConfig(method=method, chunk_size=16), SharedVocabulary(vocab_size))
     trained = [p for p in [*student.parameters(), *step.parameters()] if p.requires_grad]
     num_items = (batch["labels"][:, 1:] != -100).sum()
 
@@ -106,7 +108,8 @@ def test_gradient_accumulation_split_gives_the_same_loss_and_gradients(models, m
 
     def unpadded(index: int) -> dict[str, torch.Tensor]:
         length = int(batch["attention_mask"][index].sum())
-        return {key: value[index : index + 1, :length] for key, value in batch.items()}
+        row = {key: value[index : index + 1] for key, value in batch.items()}
+        return {key: value[:, :length] if value.dim() == 2 else value for key, value in row.items()}
 
     whole_loss, whole_grads = loss_and_grads([batch])
     split_loss, split_grads = loss_and_grads([unpadded(i) for i in range(4)])
@@ -120,7 +123,7 @@ def test_a_step_without_response_tokens_gives_loss_zero_and_zero_gradients(model
     """A micro-batch, or a whole step, whose rows were all truncated to their prompts: loss 0
     and zero gradients (as plain Axolotl logs), never a division by zero."""
     student, teacher, batch, vocab_size = models
-    step = DistillationStep(student, teacher, LossConfig(method=method, chunk_size=16), vocab_size)
+    step = DistillationStep(student, teacher, LossConfig(method=method, chunk_size=16), SharedVocabulary(vocab_size))
     no_response = batch | {"labels": torch.full_like(batch["labels"], -100)}
     trained = [p for p in [*student.parameters(), *step.parameters()] if p.requires_grad]
     for num_items in (torch.tensor(0), None):  # the whole step has none; no count was given
@@ -146,14 +149,14 @@ def test_a_step_without_response_tokens_gives_loss_zero_and_zero_gradients(model
 
 def test_padded_teacher_head_never_predicts_padding_rows(models) -> None:
     student, teacher, _, vocab_size = models
-    step = DistillationStep(student, teacher, LossConfig(), vocab_size)
+    step = DistillationStep(student, teacher, LossConfig(), SharedVocabulary(vocab_size))
     assert output_head(teacher).shape[0] == vocab_size + 16
     assert step.head_loss.teacher_vocab == step.head_loss.student_vocab == vocab_size
 
 
 def test_metrics_are_logged_per_term(models) -> None:
     student, teacher, batch, vocab_size = models
-    step = DistillationStep(student, teacher, LossConfig(), vocab_size)
+    step = DistillationStep(student, teacher, LossConfig(), SharedVocabulary(vocab_size))
     _, metrics = step(student, batch)
     assert set(metrics) == {
         "ce_loss",
@@ -185,10 +188,28 @@ def test_paper_normalisation_makes_gradient_accumulation_differ_from_one_batch(m
     # pairs agree, and the student-space KD is large
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     teacher.model.norm.weight.mul_(30.0)
-    step = DistillationStep(student, teacher, LossConfig(chunk_size=16, normalization=normalization), vocab_size)
+    cfg = LossConfig(chunk_size=16, normalization=normalization)
+    step = DistillationStep(student, teacher, cfg, SharedVocabulary(vocab_size))
     num_items = (batch["labels"][:, 1:] != -100).sum()
     whole, metrics = step(student, batch, num_items)
     assert metrics["t2s_agreement"] > 0.5 and metrics["t2s_kd_loss"] > 0.1, metrics
     parts = [{key: value[rows] for key, value in batch.items()} for rows in (slice(0, 1), slice(1, 4))]
     split = sum(step(student, part, num_items, kd_divisor=2)[0].item() for part in parts)
     assert (abs(split - whole.item()) > 1e-4) == (normalization == "paper"), (split, whole.item())
+
+
+def test_scoring_under_paper_normalisation_counts_no_pairs(models, monkeypatch) -> None:
+    """`score` returns sums, which no weight changes: the pair-count pass is skipped, and
+    the sums equal the `global` run's."""
+    student, teacher, batch, vocab_size = models
+    sums = {}
+    for normalization in ("global", "paper"):
+        cfg = LossConfig(chunk_size=16, normalization=normalization)
+        step = DistillationStep(student, teacher, cfg, SharedVocabulary(vocab_size))
+        monkeypatch.setattr("axolotl_dskd.distill.head_loss.pair_counts", _no_pair_counts)
+        sums[normalization] = step.score(student, batch)[0].as_dict()
+    assert sums["paper"] == pytest.approx(sums["global"])
+
+
+def _no_pair_counts(*args, **kwargs):
+    raise AssertionError("score counted pairs")

@@ -15,6 +15,7 @@ from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator
 from axolotl_dskd.collate.rows import DSKDRowCollator
 from axolotl_dskd.commands.cache_teacher import write_cache
 from axolotl_dskd.distill.step import DistillationStep
+from axolotl_dskd.distill.vocabulary import CrossVocabulary, SharedVocabulary, Vocabulary
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.teacher.cache import (
     CACHED_COUNTS,
@@ -26,7 +27,7 @@ from axolotl_dskd.teacher.cache import (
     row_key,
 )
 from axolotl_dskd.teacher.loading import output_head
-from axolotl_dskd.tokens.vocab import VocabBridge, load_tokenizer
+from axolotl_dskd.tokens.vocab import load_tokenizer
 from tests.integration.test_args import _error
 
 CROSS = ("same_vocabulary", "cross_tokenizer")
@@ -58,23 +59,29 @@ def _collator(tiny, cross: bool, cache: str = "") -> DSKDRowCollator:
     return DSKDRowCollator(tiny.tokenizer, padding=True, return_tensors="pt", teacher_cache=cache)
 
 
+def _vocabulary(tiny, cross: bool) -> Vocabulary:
+    if cross:
+        return CrossVocabulary(tiny.tokenizer, load_tokenizer(str(tiny.cross_teacher)))
+    return SharedVocabulary(len(tiny.tokenizer))
+
+
 def _build(tiny, teacher, features, out, cross: bool, dtype: str = "float32") -> None:
     """What `axolotl-dskd cache-teacher` writes, for `features` (two shards, two rows per
     teacher forward: another batching than training's)."""
     options = argparse.Namespace(shard_rows=3, batch_size=2, dtype=dtype)
-    write_cache(out, teacher, _collator(tiny, cross), {"train": Dataset.from_list(features)}, options, {}, cross)
+    write_cache(
+        out,
+        teacher,
+        _collator(tiny, cross),
+        {"train": Dataset.from_list(features)},
+        options,
+        {},
+        _vocabulary(tiny, cross),
+    )
 
 
 def _step(tiny, student, teacher, cross: bool, method: str = "dskd") -> DistillationStep:
-    teacher_tokenizer = load_tokenizer(str(tiny.cross_teacher)) if cross else tiny.tokenizer
-    return DistillationStep(
-        student,
-        teacher,
-        LossConfig(method=method, kd_ratio=0.5),
-        vocab_size=len(tiny.tokenizer),
-        teacher_vocab_size=len(teacher_tokenizer),
-        bridge=VocabBridge.build(tiny.tokenizer, teacher_tokenizer) if cross else None,
-    )
+    return DistillationStep(student, teacher, LossConfig(method=method, kd_ratio=0.5), _vocabulary(tiny, cross))
 
 
 def _loss_and_grads(step: DistillationStep, student, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -1,0 +1,57 @@
+"""Which hidden rows enter the loss: each trained response position of the student and,
+where the teacher has one, its partner row in the teacher's own sequence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from axolotl_dskd.collate.packing import model_inputs
+from axolotl_dskd.loss import IGNORE_INDEX
+from axolotl_dskd.teacher.loading import last_hidden_state, output_head
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Response positions that enter the loss, in the causal-shift coordinates of
+    labels[:, 1:]: student rows paired with a teacher row first, then unpaired ones."""
+
+    student_index: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) per student row
+    teacher_index: tuple[torch.Tensor, torch.Tensor]  # (batch row, position) per pair
+    labels: torch.Tensor  # gold student label per student row
+
+    @classmethod
+    def build(cls, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> Rows:
+        """Same vocabulary (`pairs` None): every response row pairs with itself."""
+        targets = labels[:, 1:]
+        trained = targets != IGNORE_INDEX
+        if pairs is None:
+            student_index = teacher_index = trained.nonzero(as_tuple=True)
+        else:
+            rows, student_pos, teacher_pos = pairs.to(labels.device).unbind(-1)
+            unpaired = trained.clone()
+            unpaired[rows, student_pos] = False
+            alone_rows, alone_pos = unpaired.nonzero(as_tuple=True)
+            student_index = (torch.cat([rows, alone_rows]), torch.cat([student_pos, alone_pos]))
+            teacher_index = (rows, teacher_pos)
+        return cls(student_index, teacher_index, targets[student_index])
+
+    @staticmethod
+    def _take(hidden: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return hidden[:, :-1][index[0].to(hidden.device), index[1].to(hidden.device)]
+
+    def student_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._take(hidden, self.student_index)
+
+    def teacher_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self._take(hidden, self.teacher_index)
+
+
+@torch.no_grad()
+def live_teacher_rows(teacher: nn.Module, inputs: dict[str, torch.Tensor], rows: Rows, prefix: str) -> torch.Tensor:
+    """The teacher's hidden rows at `rows`, from a forward pass over the batch (its own
+    tokenization of it, the `teacher_` fields, when the tokenizers differ)."""
+    teacher_inputs = model_inputs(inputs, prefix, output_head(teacher).device)
+    return rows.teacher_rows(last_hidden_state(teacher, teacher_inputs))
