@@ -18,12 +18,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from axolotl.utils.collators.batching import DataCollatorForSeq2Seq  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.collate.packing import model_inputs, packing_flags  # noqa: E402
+from axolotl_dskd.collate.rows import DSKDRowCollator  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
@@ -121,7 +121,7 @@ def main() -> None:
     on_policy = OnPolicyConfig.from_settings(
         DSKDTrainingArgsMixin(dskd_on_policy_ratio=1.0, dskd_on_policy_max_new_tokens=args.on_policy_tokens), seed=0
     )
-    plain_collate = DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt", label_pad_token_id=-100)
+    plain_collate = DSKDRowCollator(tokenizer, padding=True, return_tensors="pt", label_pad_token_id=-100)
 
     def generate() -> dict[str, torch.Tensor]:
         return sampled_batch(student, inputs, on_policy, plain_collate, pad_id, tokenizer.eos_token_id, 2048, seed=0)
@@ -160,14 +160,14 @@ def main() -> None:
         step.zero_grad(set_to_none=True)
 
     def student_forward_backward() -> None:
-        out = student(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=True, logits_to_keep=1)
+        out = student(**model_inputs(inputs, "", student.device), output_hidden_states=True, logits_to_keep=1)
         out.hidden_states[-1].sum().backward()
         student.zero_grad(set_to_none=True)
 
     features = unpadded(inputs)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     collators = {
-        "plain (same vocabulary)": DataCollatorForSeq2Seq(tokenizer, padding=True, return_tensors="pt"),
+        "same vocabulary": DSKDRowCollator(tokenizer, padding=True, return_tensors="pt"),
         "cross-tokenizer to Qwen2": DSKDCrossTokenizerCollator(
             tokenizer, padding=True, return_tensors="pt", teacher_tokenizer_path=str(reference_tokenizer_dir("qwen2"))
         ),
