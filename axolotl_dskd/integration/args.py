@@ -239,12 +239,12 @@ def _in_range(key: str, value: float, low: float, high: float, closed: bool) -> 
 
 
 def check_settings(cfg: Any) -> None:
-    """Reject every dskd_* setting (or combination with Axolotl settings) we cannot honour."""
+    """Reject every dskd_* setting (or combination with Axolotl settings) we cannot honour;
+    the choice-typed keys were checked before validation (`check_choices`)."""
     if not cfg.dskd_teacher_model:
         raise DSKDConfigError(
             "dskd_teacher_model: required by axolotl_dskd.DSKDPlugin; set it to a local model dir or hub id"
         )
-    check_choices({key: getattr(cfg, key) for key in DSKD_KEYS})
     _in_range("dskd_kd_ratio", cfg.dskd_kd_ratio, 0.0, 1.0, closed=True)
     _in_range("dskd_skew_lambda", cfg.dskd_skew_lambda, 0.0, 1.0, closed=False)
     _in_range("dskd_adaptive_kl_alpha", cfg.dskd_adaptive_kl_alpha, 0.0, 1.0, closed=False)

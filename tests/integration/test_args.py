@@ -194,13 +194,15 @@ EXAMPLES = sorted(path for path in EXAMPLE_DIR.glob("*.yml") if path != STAGE1)
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[path.name for path in EXAMPLES])
 def test_example_yamls_use_only_known_keys_and_valid_settings(path: Path) -> None:
-    from axolotl_dskd.integration.args import check_settings
+    from axolotl_dskd.integration.args import check_choices, check_settings
 
     cfg = yaml.safe_load(path.read_text())
     assert cfg["plugins"][0] in {"axolotl_dskd.DSKDPlugin", "dskd.DSKDPlugin"}
     unknown = [key for key in cfg if key.startswith("dskd_") and key not in DSKD_KEYS]
     assert not unknown, unknown
-    check_settings(DSKDArgs.model_construct(**{key: cfg[key] for key in cfg if key in DSKD_KEYS}))
+    settings = {key: cfg[key] for key in cfg if key in DSKD_KEYS}
+    check_choices(settings)
+    check_settings(DSKDArgs.model_construct(**settings))
     if "deepspeed" in cfg:  # the shipped JSON, as launched from the repository root
         from axolotl_dskd.integration.args import check_deepspeed
 
