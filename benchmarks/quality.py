@@ -402,6 +402,7 @@ def collect(task: Task, out: Path) -> dict[str, Any]:
             "teacher_untuned": scores(f"{task.name}-teacher"),
         },
         "arms": {},
+        "teacher_caches": {},
     }
     for variant in STAGE1_VARIANTS:
         suffix = stage1_suffix(variant)
@@ -416,6 +417,8 @@ def collect(task: Task, out: Path) -> dict[str, Any]:
                 seed = label.rsplit("-s", 1)[1]
                 run_record = json.loads(record.read_text()) | {"scores": scores(label)}
                 report["arms"].setdefault(arm_name, {})[seed] = run_record
+    for record in sorted(out.glob(f"{task.name}-teacher-cache-*.json")):
+        report["teacher_caches"][record.stem] = json.loads(record.read_text())
     return report
 
 
@@ -432,20 +435,79 @@ def summary(report: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, i
     return table
 
 
+def paired_gains(report: dict[str, Any], set_name: str) -> dict[str, list[float]]:
+    """Each arm minus SFT on the same seed: same rows, order and LoRA init, so the seed's own
+    luck cancels and the spread left is the arm's."""
+    sft = report["arms"].get("sft", {})
+    gains = {}
+    for arm, by_seed in report["arms"].items():
+        shared = sorted(set(by_seed) & set(sft))
+        if arm != "sft" and shared:
+            gains[arm] = [by_seed[s]["scores"][set_name] - sft[s]["scores"][set_name] for s in shared]
+    return gains
+
+
+def prompt_gains(report: dict[str, Any], out: Path, draws: int = 2000) -> dict[str, tuple[float, float, float]]:
+    """Each arm minus SFT per held-out prompt, averaged over the seeds both have, with a 95%
+    bootstrap interval over the prompts: how much of a gap the choice of prompts alone explains."""
+    sft = report["arms"].get("sft", {})
+    gains = {}
+    for arm, by_seed in report["arms"].items():
+        shared = sorted(set(by_seed) & set(sft))
+        if arm == "sft" or not shared:
+            continue
+        per_seed = [
+            [
+                a - b
+                for a, b in zip(
+                    prompt_scores(out, f"{report['task']}-{arm}-s{seed}"),
+                    prompt_scores(out, f"{report['task']}-sft-s{seed}"),
+                    strict=True,
+                )
+            ]
+            for seed in shared
+        ]
+        differences = [statistics.mean(column) for column in zip(*per_seed, strict=True)]
+        rng = random.Random(0)
+        means = sorted(statistics.mean(rng.choices(differences, k=len(differences))) for _ in range(draws))
+        gains[arm] = (statistics.mean(differences), means[int(0.025 * draws)], means[int(0.975 * draws) - 1])
+    return gains
+
+
+def prompt_scores(out: Path, label: str) -> list[float]:
+    """The evaluator's score of each held-out prompt, in the evaluation file's order."""
+    lines = (out / f"{label}-predictions.jsonl").read_text().splitlines()
+    return [json.loads(line)["score"] for line in lines]
+
+
 def print_tables(report: dict[str, Any]) -> None:
     sets = list(report["reference"]["student_before"])
     print(f"\n{report['task']}: {report['train_rows']} training rows, {report['steps']} steps x 8 rows")
     stage1_steps = ", ".join(f"{variant} {record['steps']}" for variant, record in report["stage1"].items())
     metric = report.get("metric", "accuracy %")
     print(f"(stage 1, teacher LoRA steps: {stage1_steps or 'none'}); {metric} on held-out rows\n")
-    print("| model | seeds | " + " | ".join(sets) + " | train s (mean) |")
-    print("|---|---|" + "---|" * len(sets) + "---|")
+    print("| model | seeds | " + " | ".join(f"{s} (mean ± std) | {s} per seed" for s in sets) + " | train s (mean) |")
+    print("|---|---|" + "---|---|" * len(sets) + "---|")
     for name, scores in report["reference"].items():
-        print(f"| {name} | - | " + " | ".join(f"{scores[s]:.0f}" for s in sets) + " | - |")
+        print(f"| {name} | - | " + " | ".join(f"{scores[s]:.1f} | -" for s in sets) + " | - |")
     for arm, row in summary(report).items():
-        seconds = statistics.mean(run["train_seconds"] for run in report["arms"][arm].values())
-        cells = [f"{row[s][0]:.1f} ± {row[s][1]:.1f}" if row[s][2] > 1 else f"{row[s][0]:.0f}" for s in sets]
+        by_seed = report["arms"][arm]
+        seconds = statistics.mean(run["train_seconds"] for run in by_seed.values())
+        cells = []
+        for s in sets:
+            mean, spread, count = row[s]
+            per_seed = ", ".join(f"s{seed} {run['scores'][s]:.1f}" for seed, run in sorted(by_seed.items()))
+            cells.append((f"{mean:.1f} ± {spread:.1f}" if count > 1 else f"{mean:.1f}") + f" | {per_seed}")
         print(f"| {arm} | {row[sets[0]][2]} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    for s in sets:
+        gains = paired_gains(report, s)
+        if gains:
+            print(f"\n{s}: arm minus SFT on the same seed (mean ± std over seeds; per seed)")
+            for arm, values in gains.items():
+                spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+                print(f"  {arm}: {statistics.mean(values):+.1f}{spread} ({', '.join(f'{v:+.1f}' for v in values)})")
+    for label, cache in report["teacher_caches"].items():
+        print(f"\n{label}: built once in {cache['build_seconds']:.0f} s, read by every seed and epoch")
 
 
 def plot(report: dict[str, Any], out: Path) -> None:
@@ -517,6 +579,11 @@ def main() -> int:
     report_path.write_text(json.dumps(report, indent=1))
     plot(report, out)
     print_tables(report)
+    if task.metric == "rouge":
+        for arm, (mean, low, high) in prompt_gains(report, out).items():
+            print(
+                f"{arm} minus sft per prompt, seeds averaged: {mean:+.2f} (95% over prompts: {low:+.2f} to {high:+.2f})"
+            )
     return 0
 
 
