@@ -30,15 +30,18 @@ the same-vocabulary teacher, DSKD across tokenizers (from a teacher cache built 
 all seeds) and GOLD.
 
 Run:  python benchmarks/quality.py [--pair cross|same|chat] [--seeds 0 1 2] [--arms ...] [--quick] [--out DIR]
-      python benchmarks/quality.py --report-only      # tables and plots of what is recorded
+      python benchmarks/quality.py ... --records docs/quality_chat_records  # keep each result in the repo too
+      python benchmarks/quality.py --report-only [--out RECORDS]     # tables and plots of what is recorded
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -365,8 +368,29 @@ def evaluate(task: Task, label: str, model: Path, adapter: Path | None, out: Pat
     return recorded(out / f"{label}-scores.json", make)
 
 
-def run(task: Task, arms: list[str], seeds: list[int], out: Path) -> None:
-    """Train and score what is not recorded yet: stage 1, the reference models, each (arm, seed)."""
+RECORD_PATTERNS = ("*-scores.json", "*-predictions.jsonl", "*-stage1*.json", "*-teacher-cache-*.json", "*-s[0-9].json")
+
+
+def keep_records(out: Path, records: Path | None) -> None:
+    """Copy the small files the report is built from (run, stage-1 and cache records, scores,
+    per-prompt predictions; not adapters or caches) into `records`, a folder one commits, so
+    that a lost machine loses no finished result: `--report-only --out RECORDS` rebuilds the
+    tables from it. The stage-1 adapters' sha256 say which teachers the arms trained against."""
+    if records is None:
+        return
+    records.mkdir(parents=True, exist_ok=True)
+    for pattern in RECORD_PATTERNS:
+        for path in out.glob(pattern):
+            shutil.copy2(path, records / path.name)
+    adapters = sorted(out.glob("*-stage1*-teacher/adapter_model.safetensors"))
+    if adapters:
+        digests = [f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.relative_to(out)}\n" for path in adapters]
+        (records / "stage1-adapters.sha256").write_text("".join(digests))
+
+
+def run(task: Task, arms: list[str], seeds: list[int], out: Path, records: Path | None) -> None:
+    """Train and score what is not recorded yet: stage 1, the reference models, each (arm, seed),
+    copying the records to `records` as each finishes."""
     assets.write_jsonl(task.train_rows, out / f"{task.name}-train.jsonl")
     assets.write_jsonl([row for rows in task.eval_sets.values() for row in rows], out / f"{task.name}-eval.jsonl")
     adapters = {
@@ -377,12 +401,14 @@ def run(task: Task, arms: list[str], seeds: list[int], out: Path) -> None:
     evaluate(task, f"{task.name}-teacher", task.teacher, None, out)
     for variant, adapter in adapters.items():
         evaluate(task, f"{task.name}-teacher-stage1{stage1_suffix(variant)}", task.teacher_for(variant), adapter, out)
+    keep_records(out, records)
     for seed in seeds:
         for arm_name in arms:
             print(f"quality: {task.name} {arm_name} seed {seed}: {task.steps} steps", flush=True)
             trained = train_arm(task, arm_name, seed, adapters, out)
             scores = evaluate(task, f"{task.name}-{arm_name}-s{seed}", task.student, Path(trained["adapter"]), out)
             print(f"quality: {task.name} {arm_name} seed {seed}: {json.dumps(scores)}", flush=True)
+            keep_records(out, records)
 
 
 def collect(task: Task, out: Path) -> dict[str, Any]:
@@ -561,6 +587,9 @@ def main() -> int:
     parser.add_argument("--eval-rows", type=int, default=50, help="rows per held-out set")
     parser.add_argument("--quick", action="store_true", help="32 rows, 1 epoch, 10 eval rows, seed 0: a smoke run")
     parser.add_argument("--report-only", action="store_true", help="tables and plots of what is recorded")
+    parser.add_argument(
+        "--records", type=Path, help="also copy each finished result's small records here (e.g. a folder under docs/)"
+    )
     args = parser.parse_args()
     args.arms = args.arms or DECIDING_ARMS[args.pair]
     if args.quick:
@@ -574,7 +603,7 @@ def main() -> int:
         task = arithmetic_task(args.train_rows, args.eval_rows, args.epochs, args.pair)
     if not args.report_only:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        run(task, args.arms, args.seeds, out)
+        run(task, args.arms, args.seeds, out, args.records and args.records.resolve())
     report = collect(task, out)
     report_path.write_text(json.dumps(report, indent=1))
     plot(report, out)
