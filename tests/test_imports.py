@@ -5,6 +5,8 @@ layers above them."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "axolotl_dskd"
@@ -66,3 +68,22 @@ def test_loss_and_tokens_import_no_framework_and_no_upper_layer() -> None:
         imported = _external_imports(layer)
         bad = [name for name in imported if name == "axolotl" or name.startswith(forbidden + upper)]
         assert not bad, (layer, bad)
+
+
+def test_the_loss_and_distillation_layers_load_without_axolotl() -> None:
+    """Importing the package runs no Axolotl code until DSKDPlugin is asked for, so the
+    GPU step check (benchmarks/gpu_step.py) runs where Axolotl is not installed."""
+    code = (
+        "import sys; import axolotl_dskd.distill.step, axolotl_dskd.loss.chunked, axolotl_dskd.commands.plan; "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('axolotl', 'pydantic') "
+        "or name == 'axolotl_dskd.integration.compat'))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    plugin = subprocess.run(
+        [sys.executable, "-c", "import axolotl_dskd; print(axolotl_dskd.DSKDPlugin.__module__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert plugin.stdout.strip() == "axolotl_dskd.integration.plugin"

@@ -144,7 +144,7 @@ def _layer_activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) ->
 
 def _parallel(cfg: Any) -> tuple[int, str]:
     """(ZeRO stage or 0, 'fsdp2' or '') from the YAML."""
-    from axolotl_dskd.integration.args import deepspeed_stage
+    from axolotl_dskd.integration.deepspeed_config import deepspeed_stage
 
     stage = deepspeed_stage(cfg) or 0
     fsdp = "fsdp2" if (cfg.get("fsdp") or cfg.get("fsdp_config")) else ""
@@ -276,12 +276,12 @@ def plan_command(args: Any) -> int:
     import logging
     import sys
 
-    from axolotl.cli.config import load_cfg
-
-    # Axolotl logs (to stdout) and prints the whole config while loading it; stdout is the plan's
+    # Axolotl logs (to stdout) while it imports and loads, and prints the whole config; stdout is the plan's
     logging.disable(logging.WARNING)
     try:
         with contextlib.redirect_stdout(sys.stderr):
+            from axolotl.cli.config import load_cfg
+
             cfg = load_cfg(args.config)
     except Exception as error:  # Axolotl's and the plugin's validation errors, as one line
         print(f"plan: {args.config} does not validate: {one_line(error)}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydantic import BaseModel, Field, model_validator
 from axolotl_dskd.collate.packing import ISOLATING_ATTENTION
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.compat import FSDP_VERSION_WHEN_UNSET
+from axolotl_dskd.integration.deepspeed_config import deepspeed_stage
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
 from axolotl_dskd.loss.objectives import OBJECTIVES
@@ -280,21 +280,6 @@ def check_packing(cfg: Any) -> None:
             f"{packing[0]}: attn_implementation {attention!r} cannot keep packed rows from attending to each other "
             f"under axolotl_dskd; use one of: {', '.join(ISOLATING_ATTENTION)}, or set {packing[0]}: false"
         )
-
-
-def deepspeed_stage(cfg: Any) -> int | None:
-    """The ZeRO stage of the `deepspeed` setting (a dict or a JSON file); None without it."""
-    setting = getattr(cfg, "deepspeed", None)
-    if not setting:
-        return None
-    if isinstance(setting, dict):
-        config = setting
-    else:
-        try:
-            config = json.loads(Path(setting).read_text())
-        except (OSError, ValueError) as error:
-            raise DSKDConfigError(f"deepspeed: cannot read {setting!r} as a DeepSpeed JSON config ({error})") from None
-    return int((config.get("zero_optimization") or {}).get("stage", 0))
 
 
 def check_deepspeed(cfg: Any) -> None:
