@@ -200,7 +200,11 @@ def step_worker(kind: str, batch: int, seq: int, steps: int, device: str) -> dic
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    context = torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0] if device == "cuda" else 0
+    context = 0
+    if device == "cuda":  # what the GPU holds once this process has a context (nothing else runs there yet)
+        torch.zeros(1, device=device)
+        free, total = torch.cuda.mem_get_info()
+        context = total - free
 
     def build(layers: int):
         model = AutoModelForCausalLM.from_config(smollm2_config(layers), attn_implementation="sdpa")
@@ -249,22 +253,22 @@ def step_worker(kind: str, batch: int, seq: int, steps: int, device: str) -> dic
     return result
 
 
-def run_step(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_step(kind: str, args: argparse.Namespace, batch: int, seq: int) -> dict[str, Any]:
     command = [sys.executable, __file__, "--worker", kind, "--device", args.device]
-    command += ["--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps)]
+    command += ["--batch", str(batch), "--seq", str(seq), "--steps", str(args.steps)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         return {"kind": kind, "error": result.stderr[-3000:]}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def plan_estimate(args: argparse.Namespace) -> dict[str, float]:
+def plan_estimate(args: argparse.Namespace, batch: int, seq: int) -> dict[str, float]:
     """`plan` for the step check's settings, from config.json files alone (as the CLI does)."""
     with tempfile.TemporaryDirectory() as folder:
-        return _plan_mib(args, Path(folder))
+        return _plan_mib(args, batch, seq, Path(folder))
 
 
-def _plan_mib(args: argparse.Namespace, folder: Path) -> dict[str, float]:
+def _plan_mib(args: argparse.Namespace, batch: int, seq: int, folder: Path) -> dict[str, float]:
     for name, layers in (("student", 8), ("teacher", 30)):
         smollm2_config(layers).save_pretrained(folder / name)
     cfg = YamlConfig(
@@ -273,8 +277,8 @@ def _plan_mib(args: argparse.Namespace, folder: Path) -> dict[str, float]:
         bf16=args.device == "cuda",
         adapter="lora",
         lora_r=LORA_RANK,
-        micro_batch_size=args.batch,
-        sequence_len=args.seq,
+        micro_batch_size=batch,
+        sequence_len=seq,
         optimizer="adamw_torch",
         dskd_loss_chunk_size=512,
     )
@@ -283,9 +287,17 @@ def _plan_mib(args: argparse.Namespace, folder: Path) -> dict[str, float]:
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
+    """The step workers run first, while this process holds no GPU memory, so that what
+    each finds in use at its start is its own CUDA context."""
     device = args.device
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
-    results["torch"] = torch.__version__
+    results: dict[str, Any] = {"torch": torch.__version__}
+    results["steps"] = []
+    for batch, seq in ((args.batch, args.seq), (2 * args.batch, 2 * args.seq)):
+        size = {"batch": batch, "seq": seq, "plan_mib": plan_estimate(args, batch, seq)}
+        size |= {kind: run_step(kind, args, batch, seq) for kind in ("sft", "dskd")}
+        results["steps"].append(size)
+        print(json.dumps({"steps": size}), flush=True)
+    results["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     results["loss_accuracy"] = check_loss_accuracy(min(args.rows, 1024), device)
     print(json.dumps({"loss_accuracy": results["loss_accuracy"]}), flush=True)
     results["loss_cost"] = {
@@ -293,9 +305,6 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
     }
     print(json.dumps({"loss_cost": results["loss_cost"]}), flush=True)
-    results["plan_mib"] = plan_estimate(args)
-    results["steps"] = {kind: run_step(kind, args) for kind in ("sft", "dskd")}
-    print(json.dumps({"steps": results["steps"]}), flush=True)
     return results
 
 
@@ -321,19 +330,29 @@ def print_summary(results: dict[str, Any]) -> None:
             label = f"{row['variant']} {row['chunk']}"
             timing = f"{row['ms']:8.1f} ms  {ratio}{row['ms'] / reference['ms']:.2f}x time"
             print(f"   {name} {label:>15}: {memory} MiB {timing}{planned}")
-    print("3. training steps (bf16 on CUDA, LoRA r16, 8-layer student, 30-layer teacher)")
-    steps = results["steps"]
-    for kind, step in steps.items():
+    for size in results["steps"]:
+        print_steps(size)
+
+
+def print_steps(size: dict[str, Any]) -> None:
+    """One batch size's SFT and DSKD steps, and the measured peak beside `plan`."""
+    print(f"3. training steps, {size['batch']} x {size['seq']} tokens (bf16 on CUDA, LoRA r16, 8-layer student)")
+    for kind in ("sft", "dskd"):
+        step = size[kind]
         if "error" in step:
             print(f"   {kind}: FAILED\n{step['error']}")
             continue
         memory = f", peak allocated {step['peak_allocated_mib']:.0f} MiB" if "peak_allocated_mib" in step else ""
         print(f"   {kind}: {step['tokens_per_s']:.0f} tokens/s, losses finite {step['finite']}{memory}")
-    if all("peak_reserved_mib" in step for step in steps.values()):
-        measured = steps["dskd"]["peak_reserved_mib"] + steps["dskd"]["context_mib"]
-        print(f"   DSKD / SFT tokens/s: {steps['dskd']['tokens_per_s'] / steps['sft']['tokens_per_s']:.2f}")
-        planned = results["plan_mib"]["total"]
-        print(f"   DSKD peak (reserved + CUDA context) {measured:.0f} MiB; plan's total {planned:.0f} MiB")
+    sft, dskd, plan_mib = size["sft"], size["dskd"], size["plan_mib"]
+    if "peak_reserved_mib" not in sft or "peak_reserved_mib" not in dskd:
+        return
+    print(f"   DSKD / SFT tokens/s: {dskd['tokens_per_s'] / sft['tokens_per_s']:.2f}")
+    without_context = plan_mib["total"] - plan_mib["CUDA context"]
+    print(f"   DSKD peak allocated {dskd['peak_allocated_mib']:.0f} MiB, reserved {dskd['peak_reserved_mib']:.0f}")
+    print(f"   plan without the CUDA context {without_context:.0f} MiB")
+    context, constant = dskd["context_mib"], plan_mib["CUDA context"]
+    print(f"   CUDA context at a worker's start {context:.0f} MiB; plan's constant {constant:.0f}")
 
 
 def main() -> int:
@@ -355,7 +374,7 @@ def main() -> int:
     (Path(args.out) / "gpu_step.json").write_text(json.dumps(results, indent=1))
     print_summary(results)
     failed = results["loss_accuracy"]["verdict"] != "PASS" or any(
-        "error" in step or not step["finite"] for step in results["steps"].values()
+        "error" in size[kind] or not size[kind]["finite"] for size in results["steps"] for kind in ("sft", "dskd")
     )
     return 1 if failed else 0
 
