@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -241,7 +242,7 @@ def step_worker(kind: str, batch: int, seq: int, steps: int, device: str) -> dic
         "kind": kind,
         "tokens_per_s": batch * seq / statistics.median(seconds),
         "losses": losses,
-        "finite": all(map(lambda value: value == value and abs(value) != float("inf"), losses)),
+        "finite": all(math.isfinite(value) for value in losses),
     }
     if device == "cuda":
         result |= {
