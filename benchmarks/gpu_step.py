@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from axolotl_dskd.collate.packing import packing_flags  # noqa: E402
-from axolotl_dskd.commands.plan import plan  # noqa: E402
+from axolotl_dskd.commands.plan import loss_chunk_buffer_bytes, plan  # noqa: E402
 from axolotl_dskd.loss.chunked import chunked_loss  # noqa: E402
 from axolotl_dskd.loss.config import LossConfig  # noqa: E402
 from axolotl_dskd.loss.heads import Heads  # noqa: E402
+from benchmarks.loss_memory import D_S, D_T, V_S, V_T  # noqa: E402
 from benchmarks.reference_loss import reference_dskd  # noqa: E402
 
-D_S, V_S, D_T, V_T = 576, 49152, 896, 151936
 MIB = 2**20
 LORA_RANK = 16
 
@@ -169,7 +169,7 @@ def measure_loss(rows: int, device: str, dtype: torch.dtype, chunk_sizes: list[i
         row = {"variant": variant, "chunk": chunk, "added_mib": peak_mib(device, resident)}
         row["ms"] = 1000 * statistics.median(seconds)
         if variant == "chunked":
-            row["plan_chunk_buffers_mib"] = 3 * chunk * (V_S + V_T) * 4 / MIB
+            row["plan_chunk_buffers_mib"] = loss_chunk_buffer_bytes(chunk, V_S, V_T) / MIB
         measured.append(row)
     return measured
 
@@ -266,24 +266,20 @@ def run_step(kind: str, args: argparse.Namespace, batch: int, seq: int) -> dict[
 def plan_estimate(args: argparse.Namespace, batch: int, seq: int) -> dict[str, float]:
     """`plan` for the step check's settings, from config.json files alone (as the CLI does)."""
     with tempfile.TemporaryDirectory() as folder:
-        return _plan_mib(args, batch, seq, Path(folder))
-
-
-def _plan_mib(args: argparse.Namespace, batch: int, seq: int, folder: Path) -> dict[str, float]:
-    for name, layers in (("student", 8), ("teacher", 30)):
-        smollm2_config(layers).save_pretrained(folder / name)
-    cfg = YamlConfig(
-        base_model=str(folder / "student"),
-        dskd_teacher_model=str(folder / "teacher"),
-        bf16=args.device == "cuda",
-        adapter="lora",
-        lora_r=LORA_RANK,
-        micro_batch_size=batch,
-        sequence_len=seq,
-        optimizer="adamw_torch",
-        dskd_loss_chunk_size=512,
-    )
-    estimate = plan(cfg)
+        for name, layers in (("student", 8), ("teacher", 30)):
+            smollm2_config(layers).save_pretrained(Path(folder) / name)
+        cfg = YamlConfig(
+            base_model=str(Path(folder) / "student"),
+            dskd_teacher_model=str(Path(folder) / "teacher"),
+            bf16=args.device == "cuda",
+            adapter="lora",
+            lora_r=LORA_RANK,
+            micro_batch_size=batch,
+            sequence_len=seq,
+            optimizer="adamw_torch",
+            dskd_loss_chunk_size=512,
+        )
+        estimate = plan(cfg)
     return {name: size / MIB for name, size in estimate.components.items()} | {"total": estimate.total / MIB}
 
 

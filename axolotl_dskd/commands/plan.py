@@ -142,6 +142,11 @@ def _layer_activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int) ->
     return tokens * (16 * shape.hidden + 3 * shape.intermediate) * dtype_bytes
 
 
+def loss_chunk_buffer_bytes(chunk: int, student_vocab: int, teacher_vocab: int) -> int:
+    """The loss's three fp32 [chunk x vocabulary] buffers per space, reused by every chunk."""
+    return 3 * chunk * (student_vocab + teacher_vocab) * 4
+
+
 def _parallel(cfg: Any) -> tuple[int, str]:
     """(ZeRO stage or 0, 'fsdp2' or '') from the YAML."""
     from axolotl_dskd.integration.deepspeed_config import deepspeed_stage
@@ -215,7 +220,7 @@ def plan(cfg: Any, gpu_memory: float | None = None, gpus: int = 1) -> Plan:
         result.add("projector init (transient)", init, "fp64 Gram matrices and two 4096-row chunks")
 
     chunk = int(cfg.get("dskd_loss_chunk_size") or 512)
-    loss_buffers = 3 * chunk * (student.vocab + teacher.vocab) * 4
+    loss_buffers = loss_chunk_buffer_bytes(chunk, student.vocab, teacher.vocab)
     result.add(
         "loss chunk buffers", loss_buffers, f"3 x {chunk} rows x (V_s {student.vocab:,} + V_t {teacher.vocab:,}) fp32"
     )
