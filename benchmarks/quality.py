@@ -96,8 +96,11 @@ ARMS = {
     "vanilla_kd_same": Arm("dskd", teacher="same", settings=KD | {"dskd_method": "vanilla_kd"}),
 }
 
-# what the conclusions rest on, per pair: the default run, about 75 minutes each on 2 cores
 STAGE1_VARIANTS = ("tuned", "light", "broad", "same")
+RIVALS = {"dskd_same": "vanilla_kd_same", "dskd_cached": "gold"}
+"""Each DSKD arm's head-to-head rival: the other method distilling from the same teacher."""
+
+# what the conclusions rest on, per pair: the default run, about 75 minutes each on 2 cores
 DECIDING_ARMS = {
     "cross": ["sft", "dskd", "gold"],
     "same": ["sft", "vanilla_kd_broad", "dskd_broad"],
@@ -461,43 +464,40 @@ def summary(report: dict[str, Any]) -> dict[str, dict[str, tuple[float, float, i
     return table
 
 
-def paired_gains(report: dict[str, Any], set_name: str) -> dict[str, list[float]]:
-    """Each arm minus SFT on the same seed: same rows, order and LoRA init, so the seed's own
-    luck cancels and the spread left is the arm's."""
-    sft = report["arms"].get("sft", {})
-    gains = {}
-    for arm, by_seed in report["arms"].items():
-        shared = sorted(set(by_seed) & set(sft))
-        if arm != "sft" and shared:
-            gains[arm] = [by_seed[s]["scores"][set_name] - sft[s]["scores"][set_name] for s in shared]
-    return gains
+def comparisons(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(arm, baseline) pairs to report: every arm minus SFT, and each DSKD arm minus the rival
+    method that has the same teacher (RIVALS)."""
+    arms = report["arms"]
+    pairs = [(arm, "sft") for arm in arms if arm != "sft"] + list(RIVALS.items())
+    return [(arm, base) for arm, base in pairs if set(arms.get(arm, {})) & set(arms.get(base, {}))]
 
 
-def prompt_gains(report: dict[str, Any], out: Path, draws: int = 2000) -> dict[str, tuple[float, float, float]]:
-    """Each arm minus SFT per held-out prompt, averaged over the seeds both have, with a 95%
+def paired_gains(report: dict[str, Any], set_name: str, arm: str, baseline: str) -> list[float]:
+    """`arm` minus `baseline` on each seed both have: the Axolotl arms share rows, order and
+    LoRA init per seed, so the seed's own luck cancels and the spread left is the arms'."""
+    runs, base = report["arms"][arm], report["arms"][baseline]
+    return [runs[s]["scores"][set_name] - base[s]["scores"][set_name] for s in sorted(set(runs) & set(base))]
+
+
+def prompt_gain(report: dict[str, Any], out: Path, arm: str, baseline: str, draws: int = 2000) -> tuple[float, ...]:
+    """`arm` minus `baseline` per held-out prompt, averaged over the seeds both have, with a 95%
     bootstrap interval over the prompts: how much of a gap the choice of prompts alone explains."""
-    sft = report["arms"].get("sft", {})
-    gains = {}
-    for arm, by_seed in report["arms"].items():
-        shared = sorted(set(by_seed) & set(sft))
-        if arm == "sft" or not shared:
-            continue
-        per_seed = [
-            [
-                a - b
-                for a, b in zip(
-                    prompt_scores(out, f"{report['task']}-{arm}-s{seed}"),
-                    prompt_scores(out, f"{report['task']}-sft-s{seed}"),
-                    strict=True,
-                )
-            ]
-            for seed in shared
+    shared = sorted(set(report["arms"][arm]) & set(report["arms"][baseline]))
+    per_seed = [
+        [
+            a - b
+            for a, b in zip(
+                prompt_scores(out, f"{report['task']}-{arm}-s{seed}"),
+                prompt_scores(out, f"{report['task']}-{baseline}-s{seed}"),
+                strict=True,
+            )
         ]
-        differences = [statistics.mean(column) for column in zip(*per_seed, strict=True)]
-        rng = random.Random(0)
-        means = sorted(statistics.mean(rng.choices(differences, k=len(differences))) for _ in range(draws))
-        gains[arm] = (statistics.mean(differences), means[int(0.025 * draws)], means[int(0.975 * draws) - 1])
-    return gains
+        for seed in shared
+    ]
+    differences = [statistics.mean(column) for column in zip(*per_seed, strict=True)]
+    rng = random.Random(0)
+    means = sorted(statistics.mean(rng.choices(differences, k=len(differences))) for _ in range(draws))
+    return statistics.mean(differences), means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
 
 
 def prompt_scores(out: Path, label: str) -> list[float]:
@@ -525,13 +525,16 @@ def print_tables(report: dict[str, Any]) -> None:
             per_seed = ", ".join(f"s{seed} {run['scores'][s]:.1f}" for seed, run in sorted(by_seed.items()))
             cells.append((f"{mean:.1f} ± {spread:.1f}" if count > 1 else f"{mean:.1f}") + f" | {per_seed}")
         print(f"| {arm} | {row[sets[0]][2]} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+    pairs = comparisons(report)
     for s in sets:
-        gains = paired_gains(report, s)
-        if gains:
-            print(f"\n{s}: arm minus SFT on the same seed (mean ± std over seeds; per seed)")
-            for arm, values in gains.items():
+        if pairs:
+            print(f"\n{s}: arm minus baseline on the same seed (mean ± std over seeds; per seed)")
+        for arm, baseline in pairs:
+            values = paired_gains(report, s, arm, baseline)
+            if values:
                 spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-                print(f"  {arm}: {statistics.mean(values):+.1f}{spread} ({', '.join(f'{v:+.1f}' for v in values)})")
+                per_seed = ", ".join(f"{v:+.1f}" for v in values)
+                print(f"  {arm} - {baseline}: {statistics.mean(values):+.1f}{spread} ({per_seed})")
     for label, cache in report["teacher_caches"].items():
         print(f"\n{label}: built once in {cache['build_seconds']:.0f} s, read by every seed and epoch")
 
@@ -609,9 +612,11 @@ def main() -> int:
     plot(report, out)
     print_tables(report)
     if task.metric == "rouge":
-        for arm, (mean, low, high) in prompt_gains(report, out).items():
+        for arm, baseline in comparisons(report):
+            mean, low, high = prompt_gain(report, out, arm, baseline)
             print(
-                f"{arm} minus sft per prompt, seeds averaged: {mean:+.2f} (95% over prompts: {low:+.2f} to {high:+.2f})"
+                f"{arm} minus {baseline} per prompt, seeds averaged: {mean:+.2f}"
+                f" (95% over prompts: {low:+.2f} to {high:+.2f})"
             )
     return 0
 
