@@ -540,8 +540,8 @@ def print_tables(report: dict[str, Any]) -> None:
 
 
 def plot(report: dict[str, Any], out: Path) -> None:
-    """Held-out accuracy per arm and set (mean, error bars = std over seeds), and the
-    student's CE on gold tokens per step (seed 0)."""
+    """Held-out score per arm and set (mean, error bars = std over seeds; grey lines: the
+    untrained student and the teachers), and the student's CE on gold tokens per step (seed 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -554,6 +554,17 @@ def plot(report: dict[str, Any], out: Path) -> None:
     for index, (arm, row) in enumerate(table.items()):
         positions = [k + index * width for k in range(len(sets))]
         axis.bar(positions, [row[s][0] for s in sets], width, yerr=[row[s][1] for s in sets], label=arm, capsize=3)
+    for (name, scores), style in zip(
+        report["reference"].items(), ["dotted", "dashed", "dashdot", "solid"], strict=False
+    ):
+        axis.hlines(
+            [scores[s] for s in sets],
+            [k - width / 2 for k in range(len(sets))],
+            [k + 0.8 - width / 2 for k in range(len(sets))],
+            colors="grey",
+            linestyles=style,
+            label=name,
+        )
     axis.set_xticks([k + 0.4 - width / 2 for k in range(len(sets))], sets)
     axis.set(
         ylabel=f"{report.get('metric', 'accuracy %')} (held out)",
