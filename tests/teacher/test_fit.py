@@ -29,6 +29,17 @@ def test_a_teacher_worse_than_the_untrained_student_is_warned_about() -> None:
     assert warning is not None and "teacher_ce 2.500 > student_ce 2.000" in warning
 
 
+def test_a_low_agreement_teacher_that_beats_the_student_on_the_gold_tokens_gets_the_open_ended_hint() -> None:
+    chat_stage1 = _fit(teacher_acc=0.53, teacher_ce=2.306, student_ce=4.803).warning()
+    assert chat_stage1 is not None and "\n" not in chat_stage1
+    assert (
+        "many acceptable phrasings" in chat_stage1
+        and "teacher_ce 2.306 against the untrained student's 4.803" in chat_stage1
+    )
+    no_better = _fit(teacher_acc=0.53, teacher_ce=5.0, student_ce=4.803).warning()
+    assert no_better is not None and "many acceptable phrasings" not in no_better
+
+
 def test_a_fitting_teacher_gets_no_warning_and_a_near_one_hot_one_a_note() -> None:
     fitting = _fit(teacher_acc=0.84, teacher_ce=0.4)
     assert fitting.warning() is None and fitting.note() is None
