@@ -531,10 +531,9 @@ def print_tables(report: dict[str, Any]) -> None:
             print(f"\n{s}: arm minus baseline on the same seed (mean ± std over seeds; per seed)")
         for arm, baseline in pairs:
             values = paired_gains(report, s, arm, baseline)
-            if values:
-                spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-                per_seed = ", ".join(f"{v:+.1f}" for v in values)
-                print(f"  {arm} - {baseline}: {statistics.mean(values):+.1f}{spread} ({per_seed})")
+            spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+            per_seed = ", ".join(f"{v:+.1f}" for v in values)
+            print(f"  {arm} - {baseline}: {statistics.mean(values):+.1f}{spread} ({per_seed})")
     for label, cache in report["teacher_caches"].items():
         print(f"\n{label}: built once in {cache['build_seconds']:.0f} s, read by every seed and epoch")
 
