@@ -273,6 +273,13 @@ def stage1(task: Task, out: Path, variant: str) -> Path:
     return Path(recorded(out / f"{label}.json", make)["adapter"])
 
 
+def last_checkpoint_step(run_dir: Path) -> int:
+    """The step a run resumes from (0 for a fresh start): its `train_seconds` then covers only
+    the steps after it, so the report leaves it out of the wall-time mean."""
+    steps = [int(path.name.split("-")[1]) for path in run_dir.glob("checkpoint-*") if path.name.split("-")[1].isdigit()]
+    return max(steps, default=0)
+
+
 def history(run_dir: Path, steps: int) -> list[dict[str, Any]]:
     state = run_dir / f"checkpoint-{steps}" / "trainer_state.json"
     if state.exists():
@@ -339,10 +346,12 @@ def train_arm(task: Task, arm_name: str, seed: int, adapters: dict[str, Path], o
             config_path = out / f"{label}.yml"
             config_path.write_text(yaml.safe_dump(cfg))
             command = [str(BIN / "axolotl"), "train", str(config_path)]
+        resumed_from = last_checkpoint_step(run_dir)
         seconds = run_measured(command, out / f"{label}.log")
         logged = [entry for entry in history(run_dir, task.steps) if "loss" in entry]
         curves = {key: [entry[key] for entry in logged if key in entry] for key in ("loss", "ce_loss", "teacher_acc")}
-        return {"adapter": str(run_dir), "train_seconds": seconds, **curves}
+        resumed = {"resumed_from_step": resumed_from} if resumed_from else {}
+        return {"adapter": str(run_dir), "train_seconds": seconds, **resumed, **curves}
 
     return recorded(out / f"{label}.json", make)
 
@@ -506,6 +515,16 @@ def prompt_scores(out: Path, label: str) -> list[float]:
     return [json.loads(line)["score"] for line in lines]
 
 
+def wall_seconds(by_seed: dict[str, dict[str, Any]]) -> str:
+    """Mean training wall time over the seeds that ran in one go; a resumed run's clock
+    started at its checkpoint, so it would understate the arm."""
+    whole = [run["train_seconds"] for run in by_seed.values() if "resumed_from_step" not in run]
+    if not whole:
+        return "- (all resumed)"
+    note = "" if len(whole) == len(by_seed) else f" ({len(whole)} of {len(by_seed)} seeds; others resumed)"
+    return f"{statistics.mean(whole):,.0f}{note}"
+
+
 def print_tables(report: dict[str, Any]) -> None:
     sets = list(report["reference"]["student_before"])
     print(f"\n{report['task']}: {report['train_rows']} training rows, {report['steps']} steps x 8 rows")
@@ -518,13 +537,12 @@ def print_tables(report: dict[str, Any]) -> None:
         print(f"| {name} | - | " + " | ".join(f"{scores[s]:.1f} | -" for s in sets) + " | - |")
     for arm, row in summary(report).items():
         by_seed = report["arms"][arm]
-        seconds = statistics.mean(run["train_seconds"] for run in by_seed.values())
         cells = []
         for s in sets:
             mean, spread, count = row[s]
             per_seed = ", ".join(f"s{seed} {run['scores'][s]:.1f}" for seed, run in sorted(by_seed.items()))
             cells.append((f"{mean:.1f} ± {spread:.1f}" if count > 1 else f"{mean:.1f}") + f" | {per_seed}")
-        print(f"| {arm} | {row[sets[0]][2]} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        print(f"| {arm} | {row[sets[0]][2]} | " + " | ".join(cells) + f" | {wall_seconds(by_seed)} |")
     pairs = comparisons(report)
     for s in sets:
         if pairs:
