@@ -56,6 +56,7 @@ import yaml
 from axolotl_dskd.commands import assets
 from axolotl_dskd.commands.arithmetic import chat, chat_rows, eval_rows, problems
 from axolotl_dskd.commands.demo import CPU_SETTINGS, LORA_SETTINGS, offline_env
+from axolotl_dskd.integration.resume import checkpoints
 
 BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
@@ -276,8 +277,8 @@ def stage1(task: Task, out: Path, variant: str) -> Path:
 def last_checkpoint_step(run_dir: Path) -> int:
     """The step a run resumes from (0 for a fresh start): its `train_seconds` then covers only
     the steps after it, so the report leaves it out of the wall-time mean."""
-    steps = [int(path.name.split("-")[1]) for path in run_dir.glob("checkpoint-*") if path.name.split("-")[1].isdigit()]
-    return max(steps, default=0)
+    found = checkpoints(str(run_dir))
+    return int(found[0].name.split("-")[-1]) if found else 0
 
 
 def history(run_dir: Path, steps: int) -> list[dict[str, Any]]:
