@@ -36,7 +36,6 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator  # noqa: E402
-from axolotl_dskd.collate.packing import model_inputs  # noqa: E402
 from axolotl_dskd.collate.rows import DSKDRowCollator  # noqa: E402
 from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.commands.cache_teacher import write_cache  # noqa: E402
@@ -147,9 +146,7 @@ def measure(pair: str, size: int, repeats: int) -> None:
 
         def forward() -> None:
             with torch.no_grad():
-                last_hidden_state(
-                    teacher, model_inputs(live_inputs, live_step.vocabulary.teacher_prefix, teacher.device)
-                )
+                last_hidden_state(teacher, live_step.vocabulary.teacher_inputs(live_inputs, teacher.device))
 
         times = timed_together(
             {
@@ -163,7 +160,7 @@ def measure(pair: str, size: int, repeats: int) -> None:
         )
         stored_rows = int(cached_inputs["teacher_cached_counts"].sum())
         cache_bytes = sum(path.stat().st_size for path in cache_dir.glob("train-*"))
-        teacher_tokens = int(live_inputs[live_step.vocabulary.teacher_prefix + "attention_mask"].sum())
+        teacher_tokens = int(live_step.vocabulary.teacher_inputs(live_inputs, teacher.device)["attention_mask"].sum())
         live_rss = peak_rss(pair, size, "")
         cached_rss = peak_rss(pair, size, str(cache_dir))
     body_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -140,6 +141,19 @@ def run_cli(args: list[str], cfg: dict[str, Any], workdir: Path, timeout: int = 
     return subprocess.run(
         [*args, str(path)], cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+def train(args: list[str], cfg: dict[str, Any], workdir: Path) -> Path:
+    """Run `args` on `cfg` (which must succeed) and return its output_dir."""
+    result = run_cli(args, cfg, workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return Path(cfg["output_dir"])
+
+
+def log_history(run_dir: Path) -> list[dict]:
+    """The trainer's log history, from the run's last checkpoint."""
+    last = max(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    return json.loads((last / "trainer_state.json").read_text())["log_history"]
 
 
 def gsm_texts_and_data(out_dir: Path, size: int) -> tuple[list[str], Path, Path]:

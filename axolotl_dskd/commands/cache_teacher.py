@@ -87,7 +87,7 @@ def teacher_rows_by_row(
 ) -> list[torch.Tensor]:
     """The teacher's hidden rows the loss reads, split per batch row, in the loss's order."""
     rows = vocab.rows(batch)
-    hidden_rows = live_teacher_rows(teacher, batch, rows, vocab.teacher_prefix)
+    hidden_rows = live_teacher_rows(teacher, vocab.teacher_inputs(batch, output_head(teacher).device), rows)
     return per_row(hidden_rows, rows.teacher_index[0], batch["labels"].shape[0])
 
 

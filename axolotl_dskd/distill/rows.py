@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from axolotl_dskd.collate.packing import model_inputs
 from axolotl_dskd.loss import IGNORE_INDEX
-from axolotl_dskd.teacher.loading import last_hidden_state, output_head
+from axolotl_dskd.teacher.loading import last_hidden_state
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,7 @@ class Rows:
 
 
 @torch.no_grad()
-def live_teacher_rows(teacher: nn.Module, inputs: dict[str, torch.Tensor], rows: Rows, prefix: str) -> torch.Tensor:
-    """The teacher's hidden rows at `rows`, from a forward pass over the batch (its own
-    tokenization of it, the `teacher_` fields, when the tokenizers differ)."""
-    teacher_inputs = model_inputs(inputs, prefix, output_head(teacher).device)
+def live_teacher_rows(teacher: nn.Module, teacher_inputs: dict[str, torch.Tensor], rows: Rows) -> torch.Tensor:
+    """The teacher's hidden rows at `rows`, from a forward pass over the teacher's view of
+    the batch (the vocabulary's `teacher_inputs`)."""
     return rows.teacher_rows(last_hidden_state(teacher, teacher_inputs))

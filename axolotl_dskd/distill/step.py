@@ -131,7 +131,8 @@ class DistillationStep(nn.Module):
         """The teacher's hidden rows the loss pairs: read from the batch when it comes from
         a teacher cache, else from a forward pass of the live teacher."""
         if not self.reads_cache:
-            return live_teacher_rows(self.teacher, inputs, rows, self.vocabulary.teacher_prefix)
+            teacher_inputs = self.vocabulary.teacher_inputs(inputs, output_head(self.teacher).device)
+            return live_teacher_rows(self.teacher, teacher_inputs, rows)
         if CACHED_ROWS not in inputs:
             raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
         return cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)

@@ -24,6 +24,7 @@ from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
 from axolotl_dskd.loss.objectives import OBJECTIVES
 from axolotl_dskd.teacher.cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
+from axolotl_dskd.tokens.vocab import VocabularyComparison, compare_vocabularies
 
 METHODS = tuple(OBJECTIVES)
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -350,26 +351,38 @@ def check_on_policy(cfg: Any) -> None:
 
 
 def check_vocabularies(cfg: Any) -> bool | None:
-    """Both tokenizers load; whether their vocabularies differ (None: the config names no
-    student). A mismatch switches to cross-tokenizer DSKD, which only the dual-space
-    method can do."""
-    from axolotl_dskd.teacher.tokenizer import teacher_tokenizer_path, vocabularies_differ
+    """Whether the student, as Axolotl will train it (with the config's added tokens),
+    needs the cross-tokenizer path (None: the config names no student). Any id the
+    teacher cannot read as the same token switches to it, which only the dual-space
+    method can do; an added pad token alone does not (the teacher reads its own pad)."""
+    from axolotl_dskd.integration.student_tokenizer import axolotl_student_tokenizer
+    from axolotl_dskd.teacher.tokenizer import teacher_tokenizer, teacher_tokenizer_path
 
     if not (getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)):
         return None
-    if not vocabularies_differ(cfg):
+    comparison = compare_vocabularies(
+        axolotl_student_tokenizer(cfg.model_dump(exclude_none=True)), teacher_tokenizer(cfg)
+    )
+    if comparison.shared:
         if cfg.dskd_teacher_chat_template:
             raise DSKDConfigError(
                 "dskd_teacher_chat_template: the teacher shares the student's tokenizer and reads the student's "
                 "tokens as they are; remove the key (or set dskd_teacher_tokenizer to another tokenizer)"
             )
         return False
-    if cfg.dskd_method != "dskd":
+    if not OBJECTIVES[cfg.dskd_method].crosses_tokenizers:
         raise DSKDConfigError(
-            f"dskd_method: {cfg.dskd_method!r} compares logits token by token and needs the teacher to share the "
-            f"student's vocabulary, but {teacher_tokenizer_path(cfg)!r} has another one; use dskd_method: dskd"
+            f"dskd_method: {cfg.dskd_method!r} compares logits token by token and needs the teacher to read every "
+            f"student token, but {cross_reason(comparison, teacher_tokenizer_path(cfg))}; use dskd_method: dskd"
         )
     return True
+
+
+def cross_reason(comparison: VocabularyComparison, teacher_path: str) -> str:
+    """Why the teacher cannot read the student's ids as they are, in a few words."""
+    if comparison.renamed:
+        return f"{teacher_path!r} has another vocabulary"
+    return f"the config adds {len(comparison.added)} token(s) the teacher lacks ({', '.join(comparison.added[:5])})"
 
 
 def _local_path(value: str | None) -> str | None:

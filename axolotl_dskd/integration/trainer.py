@@ -43,11 +43,8 @@ class DSKDTrainer(AxolotlTrainer):
             attn_implementation=self.model.config._attn_implementation,
         )
         vocab = vocabulary(self.args, self.processing_class)
-        if vocab.cross:
-            LOG.info(
-                "dskd: teacher and student tokenizers differ: cross-tokenizer DSKD, %s alignment",
-                self.args.dskd_alignment,
-            )
+        alignment = f", {self.args.dskd_alignment} alignment" if vocab.cross else ""
+        LOG.info("dskd: %s%s", vocab.describe(), alignment)
         self.distill = DistillationStep(
             student=self.model,
             teacher=teacher,

@@ -51,6 +51,9 @@ class GoldAndTeacher:
 class Objective:
     """One chunk's term sums and counts; `teacher_hidden` holds the chunk's teacher rows."""
 
+    # whether the objective can compare two vocabularies (through projectors) or needs one
+    crosses_tokenizers: bool = False
+
     def terms(
         self,
         student_hidden: torch.Tensor,
@@ -90,6 +93,8 @@ class VanillaKD(Objective):
 class DSKD(Objective):
     """DSKDv2's dual-space terms: the teacher projected into the student's space (t2s CE and
     KD, the student head detached) and the student into the teacher's (s2t KD)."""
+
+    crosses_tokenizers = True
 
     def terms(self, student_hidden, teacher_hidden, labels, heads, cfg) -> tuple[LossTerms, Counts]:
         read = GoldAndTeacher.of(student_hidden, teacher_hidden, labels, heads)

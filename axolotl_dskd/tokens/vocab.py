@@ -18,16 +18,38 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
 
 
-def same_vocabulary(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> bool:
-    """True when every id both tokenizers have stands for the same token string.
+@dataclass(frozen=True)
+class VocabularyComparison:
+    """How the student's vocabulary, as Axolotl trains it, stands to the teacher's.
 
-    Extra ids on one side (a pad token Axolotl added, a padded embedding such as 151936 vs
-    152064 rows) are not a mismatch: they are never predicted across the two models.
+    Ids past the teacher tokenizer's length are the student's own (`tokens:`,
+    `special_tokens`, a pad Axolotl added): the teacher has no row for them. Ids both have
+    must stand for the same string (`added_tokens_overrides` renames some).
     """
+
+    renamed: tuple[str, ...]  # student strings at ids where the teacher has another one
+    added: tuple[str, ...]  # student tokens at ids past the teacher's vocabulary
+    pad_token: str | None  # the student's pad token
+
+    @property
+    def pad_only(self) -> bool:
+        """The only addition is the pad token, which the teacher never needs to read."""
+        return self.added == (self.pad_token,)
+
+    @property
+    def shared(self) -> bool:
+        """The teacher can read every student id (its own pad in place of an added pad)."""
+        return not self.renamed and (not self.added or self.pad_only)
+
+
+def compare_vocabularies(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase) -> VocabularyComparison:
+    """Whether every id the student reads means the same to the teacher. A teacher with
+    more tokens (or a padded head) is no mismatch: the student never emits those ids."""
     shared = min(len(student), len(teacher))
-    student_vocab = {token: i for token, i in student.get_vocab().items() if i < shared}
-    teacher_vocab = {token: i for token, i in teacher.get_vocab().items() if i < shared}
-    return student_vocab == teacher_vocab
+    student_strings = student.convert_ids_to_tokens(range(len(student)))
+    teacher_strings = teacher.convert_ids_to_tokens(range(shared))
+    renamed = tuple(s for s, t in zip(student_strings[:shared], teacher_strings, strict=True) if s != t)
+    return VocabularyComparison(renamed, tuple(student_strings[shared:]), student.pad_token)
 
 
 def _bytes_to_unicode() -> dict[str, int]:

@@ -3,11 +3,14 @@ the collator's word, written into the batch."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from axolotl_dskd.collate.packing import PACKED, batch_is_packed
 from axolotl_dskd.distill.vocabulary import CrossVocabulary, SharedVocabulary, vocabulary
+from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.args import DSKDTrainingArgsMixin
 from axolotl_dskd.tokens.vocab import VocabBridge, load_tokenizer
 from tests.teacher.test_cache import _collator, _features
@@ -21,10 +24,10 @@ def _settings(tiny, cross: bool) -> DSKDTrainingArgsMixin:
 def test_the_validated_flag_picks_the_mode_and_the_teacher_tokenizer_loads_once(tiny) -> None:
     shared = vocabulary(_settings(tiny, cross=False), tiny.tokenizer)
     assert isinstance(shared, SharedVocabulary)
-    assert (shared.cross, shared.teacher_prefix, shared.id_maps) == (False, "", None)
+    assert (shared.cross, shared.id_maps, shared.teacher_pad_id) == (False, None, None)
     cross = vocabulary(_settings(tiny, cross=True), tiny.tokenizer)
     assert isinstance(cross, CrossVocabulary)
-    assert (cross.cross, cross.teacher_prefix) == (True, "teacher_")
+    assert cross.cross
     assert vocabulary(_settings(tiny, cross=True), tiny.tokenizer).teacher is cross.teacher  # one copy per process
 
 
@@ -74,3 +77,36 @@ def test_a_batch_that_did_not_come_from_the_plugins_collators_is_refused() -> No
     batch = {"input_ids": torch.ones(1, 3, dtype=torch.long), "position_ids": torch.arange(3)[None]}
     with pytest.raises(KeyError, match="batches must come from the plugin's collators"):
         batch_is_packed(batch)
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_the_teacher_reads_its_own_side_of_the_batch(tiny, cross: bool) -> None:
+    batch = _collator(tiny, cross)(_features(tiny.tokenizer, tiny.data, rows=2))
+    inputs = vocabulary(_settings(tiny, cross), tiny.tokenizer).teacher_inputs(batch, torch.device("cpu"))
+    prefix = "teacher_" if cross else ""
+    assert torch.equal(inputs["input_ids"], batch[prefix + "input_ids"])
+    assert torch.equal(inputs["attention_mask"], batch[prefix + "attention_mask"])
+
+
+def test_a_pad_token_the_config_added_reaches_the_teacher_as_its_own_pad(tiny) -> None:
+    """Only padded positions carry it, and the teacher's embedding has no row for it."""
+    student = copy.deepcopy(tiny.tokenizer)
+    student.add_special_tokens({"pad_token": "<|end_of_text|>"})
+    shared = vocabulary(_settings(tiny, cross=False), student)
+    assert shared.teacher_pad_id == tiny.tokenizer.pad_token_id and "reads its own pad" in shared.describe()
+    ids = torch.tensor([[5, 6, 7, len(tiny.tokenizer)]])
+    batch = {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1, 0]]), PACKED: torch.tensor([False])}
+    teacher_ids = shared.teacher_inputs(batch, torch.device("cpu"))["input_ids"]
+    assert teacher_ids.tolist() == [[5, 6, 7, tiny.tokenizer.pad_token_id]]
+    assert batch["input_ids"][0, -1] == len(tiny.tokenizer)  # the student's batch is left as it was
+
+
+def test_a_student_tokenizer_the_validation_did_not_see_is_refused(tiny) -> None:
+    student = copy.deepcopy(tiny.tokenizer)
+    student.add_tokens(["<think>"])
+    with pytest.raises(DSKDConfigError, match=r"has tokens the teacher cannot read \(<think>\)"):
+        vocabulary(_settings(tiny, cross=False), student)
+    as_validated = DSKDTrainingArgsMixin(dskd_teacher_model=str(tiny.teacher), dskd_cross_tokenizer=True)
+    assert "1 token(s) added by the config (<think>); the teacher reads them as text" in (
+        vocabulary(as_validated, student).describe()
+    )

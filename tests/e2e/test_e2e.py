@@ -13,7 +13,7 @@ from axolotl.core.trainers.base import AxolotlTrainer
 from axolotl.integrations.base import BasePlugin
 from safetensors.torch import load_file
 
-from tests.tiny import base_config, lora, run_cli
+from tests.tiny import base_config, log_history, lora, run_cli, train
 
 pytestmark = pytest.mark.e2e
 
@@ -23,19 +23,8 @@ PYTHON_M = [sys.executable, "-m", "axolotl.cli.train"]
 ACCELERATE = ["accelerate", "launch", "--num_processes", "1", "--cpu", "-m", "axolotl.cli.train"]
 
 
-def _train(args: list[str], cfg: dict, workdir: Path) -> Path:
-    result = run_cli(args, cfg, workdir)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    return Path(cfg["output_dir"])
-
-
-def _history(run_dir: Path) -> list[dict]:
-    last = max(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-    return json.loads((last / "trainer_state.json").read_text())["log_history"]
-
-
 def _losses(run_dir: Path) -> list[float]:
-    return [entry["loss"] for entry in _history(run_dir) if "loss" in entry]
+    return [entry["loss"] for entry in log_history(run_dir) if "loss" in entry]
 
 
 def _assert_loss_falls(run_dir: Path) -> None:
@@ -61,7 +50,7 @@ def lora_run(tiny, tmp_path_factory) -> tuple[dict, Path]:
     workdir = tmp_path_factory.mktemp("lora")
     cfg = lora(base_config(tiny.student, tiny.teacher, tiny.data, workdir))
     cfg |= {"learning_rate": 0.02, "dskd_projector_lr": 0.01, "max_steps": 12, "save_steps": 6}
-    return cfg, _train(AXOLOTL, cfg, workdir)
+    return cfg, train(AXOLOTL, cfg, workdir)
 
 
 @pytest.mark.xdist_group("lora_run")  # one worker trains the shared run once
@@ -102,7 +91,7 @@ def test_resume_from_middle_checkpoint_reproduces_the_projector(lora_run, tmp_pa
     resumed_dir.mkdir()
     shutil.copytree(run_dir / "checkpoint-6", resumed_dir / "checkpoint-6")
     resumed_cfg = cfg | {"output_dir": str(resumed_dir), "resume_from_checkpoint": str(resumed_dir / "checkpoint-6")}
-    _train(AXOLOTL, resumed_cfg, tmp_path)
+    train(AXOLOTL, resumed_cfg, tmp_path)
     uninterrupted = load_file(run_dir / PROJECTOR)["weight"]
     resumed = load_file(resumed_dir / PROJECTOR)["weight"]
     assert not torch.equal(load_file(run_dir / "checkpoint-6" / PROJECTOR)["weight"], uninterrupted)
@@ -123,7 +112,7 @@ def _cached(cfg: dict, workdir: Path) -> dict:
 
 
 def _logged(run_dir: Path) -> list[dict]:
-    return [entry for entry in _history(run_dir) if "loss" in entry]
+    return [entry for entry in log_history(run_dir) if "loss" in entry]
 
 
 ONE_ROW = {"micro_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 6, "save_steps": 3}
@@ -136,7 +125,7 @@ def test_cached_teacher_full_run_equals_the_live_run_and_resumes(tiny, tmp_path)
     resumed cached run ends where the uninterrupted one does. Full fine-tuning: Axolotl's
     LoRA init differs from run to run."""
     cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path / "live") | ONE_ROW
-    live_dir = _train(AXOLOTL, cfg, tmp_path / "live")
+    live_dir = train(AXOLOTL, cfg, tmp_path / "live")
     cached_cfg = _cached(cfg, tmp_path / "cached")
     result = run_cli(AXOLOTL, cached_cfg, tmp_path / "cached")
     assert result.returncode == 0, result.stderr[-6000:]
@@ -156,7 +145,7 @@ def test_cached_teacher_full_run_equals_the_live_run_and_resumes(tiny, tmp_path)
         "output_dir": str(resumed_dir),
         "resume_from_checkpoint": str(resumed_dir / "checkpoint-3"),
     }
-    _train(AXOLOTL, resumed_cfg, tmp_path)
+    train(AXOLOTL, resumed_cfg, tmp_path)
     assert torch.allclose(load_file(resumed_dir / PROJECTOR)["weight"], uninterrupted, atol=1e-5)
     stale = run_cli(AXOLOTL, cached_cfg | {"sequence_len": 256}, tmp_path / "stale")
     assert stale.returncode != 0
@@ -170,15 +159,15 @@ def test_cached_teacher_cross_tokenizer_lora_run_reads_the_live_teachers_rows(ti
     B starts at zero, so Axolotl's run-to-run LoRA init only shows from the second step)."""
     cfg = lora(base_config(tiny.student, tiny.cross_teacher, tiny.data, tmp_path / "live")) | ONE_ROW
     cfg |= {"max_steps": 4, "save_steps": 4, "val_set_size": 0.1, "eval_steps": 4}
-    live_dir = _train(AXOLOTL, cfg, tmp_path / "live")
-    cached_dir = _train(AXOLOTL, _cached(cfg, tmp_path / "cached"), tmp_path / "cached")
+    live_dir = train(AXOLOTL, cfg, tmp_path / "live")
+    cached_dir = train(AXOLOTL, _cached(cfg, tmp_path / "cached"), tmp_path / "cached")
     cached, live = _logged(cached_dir), _logged(live_dir)
     assert len(cached) == len(live) == 4
     for got, expected in zip(cached, live, strict=True):
         for key in ("teacher_ce", "teacher_acc", "align_ratio"):
             assert got[key] == pytest.approx(expected[key], rel=1e-6), key
     assert cached[0]["loss"] == pytest.approx(live[0]["loss"], rel=1e-6)
-    evals = [[entry for entry in _history(run) if "eval_teacher_ce" in entry] for run in (cached_dir, live_dir)]
+    evals = [[entry for entry in log_history(run) if "eval_teacher_ce" in entry] for run in (cached_dir, live_dir)]
     assert len(evals[0]) == len(evals[1]) > 0
     for got, expected in zip(*evals, strict=True):
         assert got["eval_teacher_ce"] == pytest.approx(expected["eval_teacher_ce"], rel=1e-6)
@@ -188,7 +177,7 @@ def test_cached_teacher_cross_tokenizer_lora_run_reads_the_live_teachers_rows(ti
 def test_full_finetune_via_python_module_with_eval(tiny, tmp_path) -> None:
     cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path)
     cfg |= {"max_steps": 10, "save_steps": 10, "val_set_size": 0.1, "eval_steps": 5}
-    run_dir = _train(PYTHON_M, cfg, tmp_path)
+    run_dir = train(PYTHON_M, cfg, tmp_path)
     _assert_loss_falls(run_dir)
     history = json.loads((run_dir / "checkpoint-10" / "trainer_state.json").read_text())["log_history"]
     evals = [entry for entry in history if "eval_loss" in entry]
@@ -209,7 +198,7 @@ def test_qlora_student_with_4bit_teacher_via_accelerate(tiny, tmp_path) -> None:
         "max_steps": 4,
         "save_steps": 4,
     }
-    run_dir = _train(ACCELERATE, cfg, tmp_path)
+    run_dir = train(ACCELERATE, cfg, tmp_path)
     assert (run_dir / "adapter_model.safetensors").is_file()
     _assert_projector_in_checkpoints(run_dir, 5e-4)
     assert all(torch.isfinite(torch.tensor(_losses(run_dir))))
@@ -218,7 +207,7 @@ def test_qlora_student_with_4bit_teacher_via_accelerate(tiny, tmp_path) -> None:
 def test_short_alias_and_vanilla_kd_baseline(tiny, tmp_path) -> None:
     cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path)
     cfg |= {"plugins": ["dskd.DSKDPlugin"], "dskd_method": "vanilla_kd", "max_steps": 2, "save_steps": 2}
-    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    run_dir = train(AXOLOTL, cfg, tmp_path)
     history = json.loads((run_dir / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     assert "kd_loss" in history[0] and "t2s_ce_loss" not in history[0]
     assert not (run_dir / PROJECTOR).exists()  # vanilla KD has no projector
@@ -244,7 +233,7 @@ def test_bad_config_fails_before_any_model_loads(tiny, tmp_path) -> None:
 def test_cross_tokenizer_lora_run_learns_and_logs_alignment(tiny, tmp_path) -> None:
     cfg = lora(base_config(tiny.student, tiny.cross_teacher, tiny.data, tmp_path))
     cfg |= {"learning_rate": 0.02, "dskd_projector_lr": 0.01, "max_steps": 12, "save_steps": 12}
-    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    run_dir = train(AXOLOTL, cfg, tmp_path)
     _assert_loss_falls(run_dir)
     _assert_projector_in_checkpoints(run_dir, 0.01)
     history = json.loads((run_dir / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
@@ -256,7 +245,7 @@ def test_cross_tokenizer_lora_run_learns_and_logs_alignment(tiny, tmp_path) -> N
 def test_cross_tokenizer_eta_strict_alignment_runs(tiny, tmp_path) -> None:
     cfg = base_config(tiny.student, tiny.cross_teacher, tiny.data, tmp_path)
     cfg |= {"dskd_alignment": "eta_strict", "max_steps": 2, "save_steps": 2}
-    run_dir = _train(PYTHON_M, cfg, tmp_path)
+    run_dir = train(PYTHON_M, cfg, tmp_path)
     history = json.loads((run_dir / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     assert all(0.0 < entry["align_ratio"] < 1.0 for entry in history if "loss" in entry)
 
@@ -277,7 +266,7 @@ def test_teacher_renders_conversations_with_its_own_chat_template(tiny, tmp_path
         "max_steps": 3,
         "save_steps": 3,
     }
-    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    run_dir = train(AXOLOTL, cfg, tmp_path)
     history = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     assert all(0.2 < entry["align_ratio"] <= 1.0 for entry in history if "loss" in entry), history
 
@@ -295,7 +284,7 @@ def test_on_policy_lora_run_samples_every_micro_batch(tiny, tmp_path, teacher: s
         "max_steps": 3,
         "save_steps": 3,
     }
-    run_dir = _train(AXOLOTL, cfg, tmp_path)
+    run_dir = train(AXOLOTL, cfg, tmp_path)
     history = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
     logged = [entry for entry in history if "loss" in entry]
     assert len(logged) == 3
@@ -319,8 +308,8 @@ def test_sample_packing_run_packs_rows_and_distils(tiny, tmp_path, teacher: str)
     else:
         cfg = lora(cfg) | {"dskd_teacher_model": str(tiny.cross_teacher), "dskd_on_policy_ratio": 0.5}
         cfg |= {"dskd_on_policy_max_new_tokens": 8}
-    run_dir = _train(AXOLOTL, cfg, tmp_path)
-    history = _history(run_dir)
+    run_dir = train(AXOLOTL, cfg, tmp_path)
+    history = log_history(run_dir)
     logged = [entry for entry in history if "loss" in entry]
     train_rows = sum(1 for _ in tiny.data.open()) * (0.75 if teacher == "same_vocabulary" else 1.0)
     unpacked_steps = train_rows // cfg["micro_batch_size"]
@@ -481,12 +470,12 @@ def test_split_projector_resumes_from_middle_checkpoint(tiny, tmp_path, engine: 
     launcher, engine_keys = _two_ranks(engine, tmp_path)
     cfg |= engine_keys | {"max_memory": {"cpu": "8GiB"}, "micro_batch_size": 1}
     cfg |= {"max_steps": 4, "save_steps": 2, "learning_rate": 0.01, "dskd_projector_lr": 0.01}
-    run_dir = _train(launcher, cfg, tmp_path / "full")
+    run_dir = train(launcher, cfg, tmp_path / "full")
     resumed_dir = tmp_path / "resumed" / "run"
     resumed_dir.mkdir(parents=True)
     shutil.copytree(run_dir / "checkpoint-2", resumed_dir / "checkpoint-2")
     resumed_cfg = cfg | {"output_dir": str(resumed_dir), "resume_from_checkpoint": str(resumed_dir / "checkpoint-2")}
-    _train(launcher, resumed_cfg, tmp_path / "resumed")
+    train(launcher, resumed_cfg, tmp_path / "resumed")
     uninterrupted = load_file(run_dir / PROJECTOR)["weight"]
     assert not torch.equal(load_file(run_dir / "checkpoint-2" / PROJECTOR)["weight"], uninterrupted)
     assert torch.allclose(load_file(resumed_dir / PROJECTOR)["weight"], uninterrupted, atol=1e-5)

@@ -148,7 +148,7 @@ def test_teacher_with_another_vocabulary_switches_to_cross_tokenizer_dskd(tiny, 
     other = build_tokenizer(["completely different text " * 40], tmp_path / "other", vocab_size=300)
     assert _validate(tiny, tmp_path, dskd_teacher_tokenizer=str(tmp_path / "other")).dskd_method == "dskd"
     message = _error(tiny, tmp_path, dskd_teacher_tokenizer=str(tmp_path / "other"), dskd_method="vanilla_kd")
-    assert "dskd_method: 'vanilla_kd' compares logits token by token and needs the teacher to share" in message
+    assert "dskd_method: 'vanilla_kd' compares logits token by token and needs the teacher to read every" in message
     assert len(other) != len(tiny.tokenizer)
 
 
@@ -163,13 +163,29 @@ def test_validation_decides_once_whether_the_tokenizers_differ(tiny, tmp_path) -
     )
 
 
-def test_added_pad_token_is_not_a_vocabulary_mismatch(tiny) -> None:
-    from axolotl_dskd.tokens.vocab import same_vocabulary
+def test_tokens_the_config_adds_decide_the_vocabulary_mode(tiny, tmp_path) -> None:
+    """Decided from the student tokenizer as Axolotl trains it: added tokens the teacher
+    lacks go the cross-tokenizer way; an added pad token alone does not."""
+    assert _validate(tiny, tmp_path, special_tokens={"pad_token": "<|end_of_text|>"}).dskd_cross_tokenizer is False
+    assert _validate(tiny, tmp_path, tokens=["<think>", "</think>"]).dskd_cross_tokenizer is True
+    assert _validate(tiny, tmp_path, special_tokens={"eos_token": "<|im_end|>"}).dskd_cross_tokenizer is True
+    assert (
+        "dskd_method: 'vanilla_kd' compares logits token by token and needs the teacher to read every student "
+        "token, but the config adds 1 token(s) the teacher lacks (<think>); use dskd_method: dskd"
+    ) in _error(tiny, tmp_path, tokens=["<think>"], dskd_method="vanilla_kd")
+
+
+def test_vocabulary_comparison_names_what_differs(tiny) -> None:
+    from axolotl_dskd.tokens.vocab import compare_vocabularies
 
     student = copy.deepcopy(tiny.tokenizer)
+    assert compare_vocabularies(student, tiny.tokenizer).shared
     student.add_special_tokens({"pad_token": "<pad>"})
-    assert len(student) == len(tiny.tokenizer) + 1
-    assert same_vocabulary(student, tiny.tokenizer)
+    padded = compare_vocabularies(student, tiny.tokenizer)
+    assert padded.added == ("<pad>",) and padded.pad_only and padded.shared
+    assert compare_vocabularies(tiny.tokenizer, student).shared  # a teacher with more tokens
+    student.add_tokens(["<think>"])
+    assert not compare_vocabularies(student, tiny.tokenizer).shared
 
 
 def test_padded_teacher_head_is_not_a_vocabulary_mismatch(tiny, tmp_path) -> None:
