@@ -19,10 +19,12 @@ from transformers import AutoModelForCausalLM
 from axolotl_dskd.commands.cache_teacher import unwritable, verify, write_cache
 from axolotl_dskd.distill.vocabulary import SharedVocabulary
 from axolotl_dskd.errors import DSKDConfigError
+from axolotl_dskd.integration.plugin_entry import missing_plugin_entry
 from axolotl_dskd.integration.resume import PROJECTOR_FILE, choose_checkpoint
 from axolotl_dskd.teacher.cache import TeacherCache, TeacherCacheError, row_key, weights_identity
 from tests.integration.test_args import _error
 from tests.teacher.test_cache import _collator, _features
+from tests.tiny import base_config, run_cli
 
 pytestmark = pytest.mark.faults
 
@@ -220,3 +222,55 @@ def test_unwritable_cache_folder_is_found_before_any_work(tmp_path) -> None:
     blocker.write_text("")
     assert unwritable(blocker / "cache") == "Not a directory"
     assert unwritable(tmp_path / "cache") is None and not os.listdir(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("command", ["plan", "teacher-fit", "cache-teacher"])
+def test_dskd_keys_without_the_plugin_entry_are_refused_by_the_commands(tiny, tmp_path, command: str) -> None:
+    """Axolotl would train such a YAML as plain SFT with exit 0; our commands say so."""
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | {"dskd_kd_ratio": 0.7}
+    cfg.pop("plugins")
+    result = run_cli(["axolotl-dskd", command], cfg, tmp_path)
+    assert result.returncode == 2
+    assert (
+        f"{command}: {tmp_path / 'cfg.yml'}: it sets dskd_kd_ratio, dskd_teacher_model but its `plugins:` has no "
+        "axolotl_dskd.DSKDPlugin entry, so `axolotl train` would run plain SFT and ignore every dskd_ key; add "
+        "`plugins: [axolotl_dskd.DSKDPlugin]`"
+    ) in result.stdout
+
+
+@pytest.mark.parametrize("entry", ["axolotl_dskd.DSKDPlugin", "dskd.DSKDPlugin", "dskd:DSKDPlugin"])
+def test_every_spelling_of_the_plugin_entry_counts(entry: str) -> None:
+    assert missing_plugin_entry({"dskd_teacher_model": "t", "plugins": [entry]}) is None
+    assert missing_plugin_entry({"base_model": "s"}) is None  # no dskd_ keys: not ours to judge
+
+
+def test_a_missing_teacher_folder_is_named_as_one(tiny, tmp_path) -> None:
+    missing = tmp_path / "no-such-teacher"
+    result = run_cli(["axolotl", "train"], base_config(tiny.student, missing, tiny.data, tmp_path), tmp_path)
+    assert result.returncode != 0
+    assert f"dskd_teacher_model: '{missing}' is not a directory, and not a hub id (org/name); check the path" in (
+        result.stderr
+    )
+    assert "Repo id must be" not in result.stderr and "Loading weights" not in result.stderr
+
+
+def test_a_hub_id_offline_says_it_cannot_be_reached(tiny, tmp_path) -> None:
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | {"dskd_teacher_tokenizer": "no-org/no-model"}
+    result = run_cli(["axolotl", "train"], cfg, tmp_path)
+    assert result.returncode != 0
+    assert (
+        "dskd_teacher_tokenizer: 'no-org/no-model' is not a local directory, and the hub id cannot be reached "
+        "offline (HF_HUB_OFFLINE=1); download it first or give a local folder"
+    ) in result.stderr
+
+
+def test_a_plugin_that_replaces_the_logits_path_is_named_as_the_user_wrote_it(tiny, tmp_path) -> None:
+    entry = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+    cfg = base_config(tiny.student, tiny.teacher, tiny.data, tmp_path) | {"bf16": True}
+    cfg["plugins"] = [entry, "axolotl_dskd.DSKDPlugin"]
+    result = run_cli(["axolotl", "train"], cfg, tmp_path)
+    assert result.returncode != 0
+    assert (
+        f"plugins: {entry} (it sets cut_cross_entropy) is not supported with axolotl_dskd.DSKDPlugin, because it "
+        "patches away the logits path DSKD decodes from; remove that entry"
+    ) in result.stderr

@@ -242,7 +242,12 @@ def cache_teacher(args: argparse.Namespace) -> int:
     from axolotl.loaders import load_tokenizer
 
     from axolotl_dskd.integration.args import teacher_cache_settings
+    from axolotl_dskd.integration.plugin_entry import plugin_problem_in
 
+    problem = plugin_problem_in(args.config)
+    if problem:
+        print(f"cache-teacher: {args.config}: {problem}")
+        return 2
     cfg, cache_dir = _load_cfg_without_cache(args.config)
     if not cfg.get("dskd_teacher_model"):
         print(f"cache-teacher: {args.config} has no dskd_teacher_model (is axolotl_dskd.DSKDPlugin in plugins?)")

@@ -78,7 +78,12 @@ def teacher_fit(args: argparse.Namespace) -> int:
     from axolotl.train import setup_model_and_trainer
 
     from axolotl_dskd.integration.fit_check import measure_teacher_fit
+    from axolotl_dskd.integration.plugin_entry import plugin_problem_in
 
+    problem = plugin_problem_in(args.config)
+    if problem:
+        print(f"teacher-fit: {args.config}: {problem}")
+        return 2
     cfg = load_cfg(args.config)
     if not cfg.get("dskd_teacher_model"):
         print(f"teacher-fit: {args.config} has no dskd_teacher_model (is axolotl_dskd.DSKDPlugin in plugins?)")

@@ -281,6 +281,12 @@ def plan_command(args: Any) -> int:
     import logging
     import sys
 
+    from axolotl_dskd.integration.plugin_entry import plugin_problem_in
+
+    problem = plugin_problem_in(args.config)
+    if problem:
+        print(f"plan: {args.config}: {problem}")
+        return 2
     # Axolotl logs (to stdout) while it imports and loads, and prints the whole config; stdout is the plan's
     logging.disable(logging.WARNING)
     try:

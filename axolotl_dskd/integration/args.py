@@ -20,10 +20,12 @@ from axolotl_dskd.collate.packing import ISOLATING_ATTENTION
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.compat import FSDP_VERSION_WHEN_UNSET
 from axolotl_dskd.integration.deepspeed_config import deepspeed_stage
+from axolotl_dskd.integration.plugin_entry import entry_setting
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
 from axolotl_dskd.loss.objectives import OBJECTIVES
 from axolotl_dskd.teacher.cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
+from axolotl_dskd.teacher.tokenizer import HUB_ID
 from axolotl_dskd.tokens.vocab import VocabularyComparison, compare_vocabularies
 
 METHODS = tuple(OBJECTIVES)
@@ -42,9 +44,9 @@ CacheDtype = Literal[CACHE_DTYPES]
 
 # Axolotl features that replace the logits/loss path the plugin relies on.
 INCOMPATIBLE_FLAGS = {
-    "cut_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
-    "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from; remove it",
-    "rl": "DSKD is a supervised fine-tuning loss; remove rl",
+    "cut_cross_entropy": "it patches away the logits path DSKD decodes from",
+    "liger_fused_linear_cross_entropy": "it patches away the logits path DSKD decodes from",
+    "rl": "DSKD is a supervised fine-tuning loss",
 }
 
 
@@ -246,6 +248,11 @@ def check_settings(cfg: Any) -> None:
         raise DSKDConfigError(
             "dskd_teacher_model: required by axolotl_dskd.DSKDPlugin; set it to a local model dir or hub id"
         )
+    if not Path(cfg.dskd_teacher_model).is_dir() and not HUB_ID.fullmatch(cfg.dskd_teacher_model):
+        raise DSKDConfigError(
+            f"dskd_teacher_model: {cfg.dskd_teacher_model!r} is not a directory, and not a hub id (org/name); "
+            "check the path"
+        )
     _in_range("dskd_kd_ratio", cfg.dskd_kd_ratio, 0.0, 1.0, closed=True)
     _in_range("dskd_skew_lambda", cfg.dskd_skew_lambda, 0.0, 1.0, closed=False)
     _in_range("dskd_adaptive_kl_alpha", cfg.dskd_adaptive_kl_alpha, 0.0, 1.0, closed=False)
@@ -268,7 +275,13 @@ def check_settings(cfg: Any) -> None:
     check_packing(cfg)
     for flag, why in INCOMPATIBLE_FLAGS.items():
         if getattr(cfg, flag, None):
-            raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}")
+            entry = entry_setting(getattr(cfg, "plugins", None), flag)
+            if entry:
+                raise DSKDConfigError(
+                    f"plugins: {entry} (it sets {flag}) is not supported with axolotl_dskd.DSKDPlugin, because "
+                    f"{why}; remove that entry"
+                )
+            raise DSKDConfigError(f"{flag}: not supported with axolotl_dskd.DSKDPlugin, because {why}; remove it")
 
 
 def check_packing(cfg: Any) -> None:
