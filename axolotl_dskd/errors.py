@@ -3,3 +3,7 @@
 
 class DSKDConfigError(ValueError):
     """A dskd_* setting that cannot be honoured; the message names the key and the fix."""
+
+
+class NonFiniteError(RuntimeError):
+    """A tensor the run trains against is NaN or inf; the message says which and what to do."""

@@ -14,6 +14,14 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from axolotl_dskd.collate.packing import PACKED
+from axolotl_dskd.distill.finite import (
+    bad_embedding_ids,
+    check_head,
+    check_metrics,
+    check_projector_init,
+    non_finite_rows,
+    teacher_rows_error,
+)
 from axolotl_dskd.distill.head_loss import HeadLoss
 from axolotl_dskd.distill.rows import Rows, live_teacher_rows
 from axolotl_dskd.distill.vocabulary import Vocabulary
@@ -77,12 +85,15 @@ class DistillationStep(nn.Module):
         with self.engine.gathered(student_head, teacher_head):  # whole on every rank for the init
             self.teacher_hidden_size = teacher_head.shape[1]
             head_vocab = vocabulary.head_vocab(student_head.shape[0], teacher_head.shape[0])
+            check_head(teacher_head, "teacher")
+            check_head(student_head, "student")
             t2s_projector, s2t_map = None, None
             if loss_cfg.method == "dskd":
                 vocab = vocabulary.projector_vocab(init_topk_vocab, head_vocab)
                 t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
                 if projector_init == "pinv":
                     rel_error = t2s_projector.init_pinv(student_head, teacher_head, vocab)
+                    check_projector_init(t2s_projector.weight, rel_error)
                     LOG.info(
                         "dskd: t2s projector pinv init on %d shared tokens, relative error %.4f", len(vocab), rel_error
                     )
@@ -129,13 +140,24 @@ class DistillationStep(nn.Module):
 
     def _teacher_rows(self, inputs: dict[str, torch.Tensor], rows: Rows) -> torch.Tensor:
         """The teacher's hidden rows the loss pairs: read from the batch when it comes from
-        a teacher cache, else from a forward pass of the live teacher."""
-        if not self.reads_cache:
-            teacher_inputs = self.vocabulary.teacher_inputs(inputs, output_head(self.teacher).device)
-            return live_teacher_rows(self.teacher, teacher_inputs, rows)
-        if CACHED_ROWS not in inputs:
-            raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
-        return cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)
+        a teacher cache, else from a forward pass of the live teacher; never NaN or inf."""
+        if self.reads_cache:
+            if CACHED_ROWS not in inputs:
+                raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
+            teacher_rows = cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)
+            bad = non_finite_rows(teacher_rows)
+            if len(bad):
+                raise teacher_rows_error(len(bad), len(teacher_rows), "cache", None)
+            return teacher_rows
+        teacher_inputs = self.vocabulary.teacher_inputs(inputs, output_head(self.teacher).device)
+        teacher_rows = live_teacher_rows(self.teacher, teacher_inputs, rows)
+        bad = non_finite_rows(teacher_rows)
+        if len(bad):
+            embedding = self.teacher.get_input_embeddings().weight
+            raise teacher_rows_error(
+                len(bad), len(teacher_rows), "live", bad_embedding_ids(embedding, teacher_inputs["input_ids"])
+            )
+        return teacher_rows
 
     def forward(
         self,
@@ -161,13 +183,16 @@ class DistillationStep(nn.Module):
         batch = Normaliser(cfg, weights, total_rows=total, per_step=kd_divisor, cross=self.vocabulary.cross)
         if kd_inputs is None:
             loss, sums, counts = self._score(model, inputs, batch, with_teacher=True)
-            return loss, self.metrics(sums, counts)
+            metrics = self.metrics(sums, counts)
+            check_metrics(metrics)
+            return loss, metrics
         gold_batch = dataclasses.replace(batch, weights=weights.gold_only())
         kd_batch = dataclasses.replace(batch, weights=weights.kd_only(), kd_by_batch_rows=True)
         gold, gold_sums, gold_counts = self._score(model, inputs, gold_batch, with_teacher=False)
         kd, kd_sums, kd_counts = self._score(model, kd_inputs, kd_batch, with_teacher=True)
         gold_ce = gold_sums.ce_loss.item() / max(gold_counts.n_tokens.item(), 1)
         metrics = self.metrics(kd_sums, kd_counts) | {"ce_loss": gold_ce}
+        check_metrics(metrics)
         return gold + kd, metrics
 
     @torch.no_grad()

@@ -145,3 +145,40 @@ def test_cache_teacher_refuses_an_unwritable_folder_before_any_work(tiny, tmp_pa
     assert result.returncode == 2
     assert f"cache-teacher: cannot write the cache to {blocker / 'cache'}: Not a directory" in result.stdout
     assert "loading teacher" not in result.stdout + result.stderr
+
+
+def _broken_teacher(tiny, out: Path, weight: str) -> tuple[Path, int]:
+    """The tiny teacher with NaN in one row of `weight`: the row of the data's most frequent
+    token (so the first batch that reads it meets the NaN)."""
+    from collections import Counter
+
+    from transformers import AutoModelForCausalLM
+
+    text = " ".join(json.loads(line)["output"] for line in tiny.data.read_text().splitlines())
+    token_id = Counter(tiny.tokenizer(text)["input_ids"]).most_common(1)[0][0]
+    model = AutoModelForCausalLM.from_pretrained(tiny.teacher)
+    with torch.no_grad():
+        model.get_parameter(weight)[token_id] = float("nan")
+    model.save_pretrained(out)
+    tiny.tokenizer.save_pretrained(out)
+    return out, token_id
+
+
+@pytest.mark.parametrize(
+    ("weight", "line"),
+    [
+        ("model.embed_tokens.weight", "dskd: the teacher's hidden states are NaN or inf at "),
+        ("lm_head.weight", "dskd: the teacher's output head has NaN or inf in the rows of token ids "),
+    ],
+)
+def test_a_teacher_that_yields_nan_stops_the_run_before_a_nan_step(tiny, tmp_path, weight: str, line: str) -> None:
+    teacher, token_id = _broken_teacher(tiny, tmp_path / "teacher", weight)
+    cfg = base_config(tiny.student, teacher, tiny.data, tmp_path) | {"max_steps": 6, "save_steps": 1}
+    result = run_cli(["axolotl", "train"], cfg, tmp_path)
+    assert result.returncode != 0
+    assert line in result.stderr
+    assert f"token ids {token_id}" in result.stderr
+    assert "stopping before" in result.stderr
+    saved = [path for path in Path(cfg["output_dir"]).rglob("*.safetensors")]
+    for path in saved:
+        assert all(torch.isfinite(tensor).all() for tensor in load_file(path).values()), path
