@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM
 from axolotl_dskd.commands.cache_teacher import unwritable, verify, write_cache
 from axolotl_dskd.distill.vocabulary import SharedVocabulary
 from axolotl_dskd.errors import DSKDConfigError
+from axolotl_dskd.integration.args import DSKDTrainingArgsMixin
 from axolotl_dskd.integration.plugin_entry import missing_plugin_entry
 from axolotl_dskd.integration.resume import PROJECTOR_FILE, choose_checkpoint
 from axolotl_dskd.teacher.cache import TeacherCache, TeacherCacheError, row_key, weights_identity
@@ -274,3 +275,26 @@ def test_a_plugin_that_replaces_the_logits_path_is_named_as_the_user_wrote_it(ti
         f"plugins: {entry} (it sets cut_cross_entropy) is not supported with axolotl_dskd.DSKDPlugin, because it "
         "patches away the logits path DSKD decodes from; remove that entry"
     ) in result.stderr
+
+
+def test_auto_resume_into_a_checkpoint_of_another_teacher_stops_and_an_old_checkpoint_warns(tiny, tmp_path, caplog):
+    from axolotl.utils.dict import DictDefault
+
+    from axolotl_dskd.integration.run_record import run_record, write_record
+
+    settings = DSKDTrainingArgsMixin(dskd_teacher_model=str(tiny.teacher), dskd_cross_tokenizer=False)
+    old = _checkpoint(tmp_path, 2, "ok")
+    cfg = DictDefault(vars(settings) | {"output_dir": str(tmp_path), "auto_resume_from_checkpoints": True})
+    with caplog.at_level(logging.WARNING):
+        choose_checkpoint(cfg)
+    assert f"dskd: {old} has no dskd_run.json (written before axolotl-dskd recorded" in caplog.text
+    newest = _checkpoint(tmp_path, 4, "ok")
+    write_record(str(newest), run_record(settings) | {"dskd_method": "vanilla_kd"})
+    with pytest.raises(DSKDConfigError) as caught:
+        choose_checkpoint(cfg)
+    assert str(caught.value).startswith(
+        f"auto_resume_from_checkpoints: {newest} was trained with another setup (dskd_method: 'vanilla_kd' in the "
+        "checkpoint, 'dskd' in this run)"
+    )
+    write_record(str(newest), run_record(settings))
+    choose_checkpoint(cfg)  # the same setup: resumes

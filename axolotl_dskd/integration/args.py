@@ -24,7 +24,8 @@ from axolotl_dskd.integration.plugin_entry import entry_setting
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
 from axolotl_dskd.loss.objectives import OBJECTIVES
-from axolotl_dskd.teacher.cache import CACHE_DTYPES, Manifest, TeacherCacheError, weights_identity
+from axolotl_dskd.teacher.cache import CACHE_DTYPES, Manifest, TeacherCacheError
+from axolotl_dskd.teacher.identity import local_path, teacher_identity
 from axolotl_dskd.teacher.tokenizer import HUB_ID
 from axolotl_dskd.tokens.vocab import VocabularyComparison, compare_vocabularies
 
@@ -170,6 +171,14 @@ class DSKDArgs(BaseModel):
     dskd_on_policy_temperature: float = Field(1.0, description="sampling temperature, > 0")
     dskd_on_policy_top_p: float = Field(1.0, description="nucleus sampling, in (0, 1]")
     dskd_on_policy_top_k: int = Field(0, description="top-k sampling, 0 = off")
+
+    dskd_resume_with_changes: bool = Field(
+        False,
+        description=(
+            "resume a checkpoint trained with another teacher, adapter, method, vocabulary mode or alignment (its "
+            "`dskd_run.json` says which); off, such a resume stops before any model loads"
+        ),
+    )
 
     # Decided by the validation below (whether the two tokenizers differ), then read by the
     # collator choice and the trainer; not a setting.
@@ -398,30 +407,18 @@ def cross_reason(comparison: VocabularyComparison, teacher_path: str) -> str:
     return f"the config adds {len(comparison.added)} token(s) the teacher lacks ({', '.join(comparison.added[:5])})"
 
 
-def _local_path(value: str | None) -> str | None:
-    """A local folder as its absolute path (a cache built from `./teacher` serves
-    `/abs/teacher`); hub ids as written."""
-    return str(Path(value).resolve()) if value and Path(value).exists() else value
-
-
 def teacher_cache_settings(cfg: Any) -> dict[str, Any]:
     """Everything a teacher cache depends on besides the rows themselves: the teacher and
     how it is held, both tokenizers, the teacher's rendering and the alignment."""
     from axolotl_dskd.teacher.tokenizer import teacher_tokenizer_path
 
     cross = bool(cfg.dskd_cross_tokenizer)
-    return {
-        "dskd_teacher_model": _local_path(cfg.dskd_teacher_model),
-        "dskd_teacher_revision": cfg.dskd_teacher_revision,
-        "dskd_teacher_adapter": _local_path(cfg.dskd_teacher_adapter),
-        "dskd_teacher_adapter_revision": cfg.dskd_teacher_adapter_revision,
-        "teacher_weights": weights_identity(cfg.dskd_teacher_model),
-        "teacher_adapter_weights": weights_identity(cfg.dskd_teacher_adapter),
+    return teacher_identity(cfg) | {
         "dskd_teacher_dtype": cfg.dskd_teacher_dtype,
         "dskd_teacher_load_in_8bit": bool(cfg.dskd_teacher_load_in_8bit),
         "dskd_teacher_load_in_4bit": bool(cfg.dskd_teacher_load_in_4bit),
-        "student_tokenizer": _local_path(getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)),
-        "teacher_tokenizer": _local_path(teacher_tokenizer_path(cfg)),
+        "student_tokenizer": local_path(getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)),
+        "teacher_tokenizer": local_path(teacher_tokenizer_path(cfg)),
         "dskd_teacher_chat_template": bool(cfg.dskd_teacher_chat_template),
         "sequence_len": getattr(cfg, "sequence_len", None),
         "dskd_cross_tokenizer": cross,

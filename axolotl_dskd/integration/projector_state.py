@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from axolotl_dskd.engines.base import Engine
+from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.resume import PROJECTOR_FILE
 from axolotl_dskd.loss.projectors import T2SProjector
 
@@ -128,8 +129,16 @@ class TrainedProjector(NoProjector):
                 f"resume_from_checkpoint: {checkpoint_dir} has no {PROJECTOR_FILE}; "
                 "it was not written by a DSKD run, so the projector cannot be restored"
             )
+        saved = load_file(path)
+        expected = (self.projector.out_features, self.projector.in_features)
+        if tuple(saved["weight"].shape) != expected:
+            raise DSKDConfigError(
+                f"resume_from_checkpoint: the t2s projector in {checkpoint_dir} maps hidden size "
+                f"{saved['weight'].shape[1]} to {saved['weight'].shape[0]}, this run's teacher and student need "
+                f"{expected[1]} to {expected[0]}: it was trained with another model; start afresh with a new output_dir"
+            )
         device = self.projector.weight.device
-        self.engine.restore_projector(self.projector, {k: v.to(device) for k, v in load_file(path).items()})
+        self.engine.restore_projector(self.projector, {k: v.to(device) for k, v in saved.items()})
         LOG.info("dskd: restored the t2s projector from %s", path)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from safetensors import safe_open
 
 from axolotl_dskd.errors import DSKDConfigError
+from axolotl_dskd.integration.run_record import ACCEPT_KEY, RECORD_FILE, read_record, record_difference, run_record
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
@@ -45,26 +46,34 @@ def checkpoints(output_dir: str) -> list[Path]:
 
 def choose_checkpoint(cfg: Any) -> None:
     """Check an explicit `resume_from_checkpoint`, or point auto-resume at the newest
-    complete checkpoint (Axolotl itself would take the newest one, complete or not)."""
-    if cfg.get("dskd_method", "dskd") != "dskd":  # vanilla KD has no projector to restore
-        return
+    complete checkpoint (Axolotl itself would take the newest one, complete or not); then
+    check that the checkpoint was trained with this config's teacher and modes."""
     explicit = cfg.get("resume_from_checkpoint")
-    if explicit:
-        problem = missing_part(Path(explicit))
+    chosen = Path(explicit) if explicit else complete_newest(cfg)
+    if chosen is None:
+        return
+    key = "resume_from_checkpoint" if explicit else "auto_resume_from_checkpoints"
+    if explicit and cfg.get("dskd_method", "dskd") == "dskd":
+        problem = missing_part(chosen)
         if problem:
             raise DSKDConfigError(
                 f"resume_from_checkpoint: {explicit} has {problem}, so the DSKD run cannot be restored from it "
                 "(a run killed while saving leaves such a checkpoint); point it at an earlier checkpoint"
             )
-        return
+    check_same_run(chosen, cfg, key)
+
+
+def complete_newest(cfg: Any) -> Path | None:
+    """The checkpoint auto-resume will use (set as `resume_from_checkpoint` when the newest
+    is incomplete), or None when the run starts afresh."""
     if not cfg.get("auto_resume_from_checkpoints") or not cfg.get("output_dir"):
-        return
+        return None
     found = checkpoints(cfg["output_dir"])
     if not found:
-        return
+        return None
     newest, problem = found[0], missing_part(found[0])
-    if problem is None:
-        return
+    if problem is None or cfg.get("dskd_method", "dskd") != "dskd":  # vanilla KD has no projector to restore
+        return newest
     complete = next((checkpoint for checkpoint in found[1:] if missing_part(checkpoint) is None), None)
     if complete is None:
         raise DSKDConfigError(
@@ -75,3 +84,28 @@ def choose_checkpoint(cfg: Any) -> None:
         "dskd: %s has %s (a run killed while saving leaves that); resuming from %s instead", newest, problem, complete
     )
     cfg["resume_from_checkpoint"] = str(complete)
+    return complete
+
+
+def check_same_run(checkpoint: Path, cfg: Any, key: str) -> None:
+    """Stop before any model loads when the checkpoint was trained with another teacher,
+    adapter, method, vocabulary mode or alignment, unless the config accepts that."""
+    recorded = read_record(checkpoint)
+    if recorded is None:
+        LOG.warning(
+            "dskd: %s has no %s (written before axolotl-dskd recorded what a run trains with); resuming without "
+            "checking that the teacher and modes are the same",
+            checkpoint,
+            RECORD_FILE,
+        )
+        return
+    difference = record_difference(recorded, run_record(cfg))
+    if difference is None:
+        return
+    if cfg.get(ACCEPT_KEY):
+        LOG.warning("dskd: resuming %s although it was trained with another setup (%s)", checkpoint, difference)
+        return
+    raise DSKDConfigError(
+        f"{key}: {checkpoint} was trained with another setup ({difference}), and its t2s projector fits that one; "
+        f"start afresh with a new output_dir, or set {ACCEPT_KEY}: true to resume it on purpose"
+    )

@@ -15,6 +15,7 @@ from axolotl_dskd.distill.step import DistillationStep
 from axolotl_dskd.distill.vocabulary import vocabulary
 from axolotl_dskd.integration.fit_check import TeacherFitCheck
 from axolotl_dskd.integration.projector_state import projector_state
+from axolotl_dskd.integration.run_record import run_record, write_record
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.teacher.loading import output_head, resolve_dtype
 from axolotl_dskd.teacher.source import teacher_source
@@ -56,6 +57,7 @@ class DSKDTrainer(AxolotlTrainer):
         )
         self.engine.attach_loss(self.model, self.distill.head_loss, student_head)
         self.projector = projector_state(self.distill.t2s_projector, self.engine)
+        self.run_record = run_record(self.args)
         for callback in self.projector.callbacks():
             self.add_callback(callback)
         if self.args.dskd_teacher_fit_rows > 0:
@@ -132,8 +134,10 @@ class DSKDTrainer(AxolotlTrainer):
     def _save_checkpoint(self, model, trial, **kwargs):
         self.projector.check_in_sync()
         result = super()._save_checkpoint(model, trial, **kwargs)
-        checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        self.projector.save_checkpoint(f"{self._get_output_dir(trial=trial)}/{checkpoint}", self.args.should_save)
+        checkpoint = f"{self._get_output_dir(trial=trial)}/{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:  # before the projector, which marks a complete checkpoint
+            write_record(checkpoint, self.run_record)
+        self.projector.save_checkpoint(checkpoint, self.args.should_save)
         return result
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

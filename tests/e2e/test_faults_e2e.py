@@ -182,3 +182,43 @@ def test_a_teacher_that_yields_nan_stops_the_run_before_a_nan_step(tiny, tmp_pat
     saved = [path for path in Path(cfg["output_dir"]).rglob("*.safetensors")]
     for path in saved:
         assert all(torch.isfinite(tensor).all() for tensor in load_file(path).values()), path
+
+
+def test_a_resume_that_changes_the_teacher_or_the_alignment_stops_with_one_line(tiny, tmp_path) -> None:
+    """The checkpoint's projector was fitted to one teacher and alignment: resuming against
+    another stops before any model loads, unless dskd_resume_with_changes says it is meant."""
+    from tests.tiny import build_llama
+
+    same_shape = tmp_path / "same_shape"
+    build_llama(same_shape, tiny.teacher_tokenizer, hidden=48, layers=3, seed=11)
+    wider = tmp_path / "wider"
+    build_llama(wider, tiny.teacher_tokenizer, hidden=64, layers=2, seed=12)
+    cfg = base_config(tiny.student, tiny.cross_teacher, tiny.data, tmp_path / "first")
+    cfg |= {"max_steps": 2, "save_steps": 2}
+    _run(["axolotl", "train"], cfg, tmp_path / "first")
+    checkpoint = Path(cfg["output_dir"]) / "checkpoint-2"
+    assert json.loads((checkpoint / "dskd_run.json").read_text())["dskd_alignment"] == "exact"
+    resume = cfg | {"resume_from_checkpoint": str(checkpoint), "max_steps": 3}
+
+    def stops(changes: dict, line: str, before_loading: bool = True) -> None:
+        result = run_cli(["axolotl", "train"], resume | changes, tmp_path / "resume")
+        assert result.returncode != 0
+        assert line in result.stderr, result.stderr[-3000:]
+        assert ("Loading weights" not in result.stdout + result.stderr) == before_loading
+
+    stops(
+        {"dskd_alignment": "eta_strict"},
+        f"resume_from_checkpoint: {checkpoint} was trained with another setup (dskd_alignment: 'exact' in the "
+        "checkpoint, 'eta_strict' in this run), and its t2s projector fits that one; start afresh with a new "
+        "output_dir, or set dskd_resume_with_changes: true to resume it on purpose",
+    )
+    stops({"dskd_teacher_model": str(same_shape)}, f"(dskd_teacher_model: '{tiny.cross_teacher}' in the checkpoint")
+    accepted = resume | {"dskd_teacher_model": str(same_shape), "dskd_resume_with_changes": True}
+    result = _run(["axolotl", "train"], accepted, tmp_path / "resume")
+    assert f"dskd: resuming {checkpoint} although it was trained with another setup" in result.stdout + result.stderr
+    stops(
+        {"dskd_teacher_model": str(wider), "dskd_resume_with_changes": True, "max_steps": 4},
+        f"resume_from_checkpoint: the t2s projector in {checkpoint} maps hidden size 48 to 32, this run's teacher "
+        "and student need 64 to 32: it was trained with another model; start afresh with a new output_dir",
+        before_loading=False,  # accepted on purpose: the shapes are known once the models are built
+    )
