@@ -54,6 +54,7 @@ def build_llama(
     seed: int,
     extra_rows: int = 0,
     train_on: list[str] | None = None,
+    context: int = 1024,
 ) -> LlamaForCausalLM:
     """A Llama with an untied head (so head and body gradients can be told apart),
     random or briefly trained on `train_on`."""
@@ -65,7 +66,7 @@ def build_llama(
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=1024,
+        max_position_embeddings=context,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

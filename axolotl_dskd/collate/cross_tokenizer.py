@@ -18,6 +18,7 @@ Rows of an `axolotl_dskd.integration.chat_template` dataset already carry the te
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from axolotl_dskd.loss import IGNORE_INDEX
 from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat
 from axolotl_dskd.tokens.vocab import load_tokenizer, marker_free_table, token_bytes_table
 
+LOG = logging.getLogger(__name__)
 TEACHER_COLUMNS = ("teacher_input_ids", "teacher_labels")  # rows of an axolotl_dskd.integration.chat_template dataset
 
 
@@ -87,7 +89,10 @@ class DSKDCrossTokenizerCollator(DSKDRowCollator):
     teacher_revision: str | None = None
     teacher_trust_remote_code: bool = False
     alignment: str = "exact"
+    teacher_max_length: int | None = None  # the teacher's context (max_position_embeddings)
     _state: dict[str, Any] = field(default_factory=dict, repr=False)
+    # teacher rows cut to the teacher's context so far, and the count that is logged next
+    _cuts: dict[str, int] = field(default_factory=lambda: {"rows": 0, "next_report": 1}, repr=False)
 
     def _setup(self) -> dict[str, Any]:
         if not self._state:
@@ -213,6 +218,8 @@ class DSKDCrossTokenizerCollator(DSKDRowCollator):
         each row's own coordinates to its place in the batch, so none crosses a row."""
         flat_rows = [row for rows in teacher_bins for row in rows]
         pairs = self.aligned_pairs(flat_rows)
+        if self.teacher_max_length is not None:
+            pairs = self._cut_to_context(flat_rows, pairs, self.teacher_max_length)
         batch_row, student_offset, teacher_offset = [], [], []
         for index, (rows, lengths) in enumerate(zip(teacher_bins, student_lengths, strict=True)):
             batch_row += [index] * len(rows)
@@ -230,20 +237,47 @@ class DSKDCrossTokenizerCollator(DSKDRowCollator):
         width = max(len(row["input_ids"]) for row in laid)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        if self.teacher_max_length is not None and not packed:  # padding never reaches past the context either
+            width = max(min(width, self.teacher_max_length), max(len(row["input_ids"]) for row in laid))
         pad = self._state["teacher_pad"]
         fields = {
             "teacher_input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in laid]),
             "teacher_labels": torch.tensor([r["labels"] + [IGNORE_INDEX] * (width - len(r["labels"])) for r in laid]),
             "dskd_pairs": torch.from_numpy(pairs),
         }
-        if packed:  # the padded tail restarts its positions too, as Axolotl pads them
-            positions = [r["position_ids"] + list(range(width - len(r["position_ids"]))) for r in laid]
+        if packed:  # the padded tail restarts its positions too, as Axolotl pads them (within the context)
+            tail = self.teacher_max_length or width
+            positions = [r["position_ids"] + [k % tail for k in range(width - len(r["position_ids"]))] for r in laid]
             fields["teacher_position_ids"] = torch.tensor(positions)
         else:
             fields["teacher_attention_mask"] = torch.tensor(
                 [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in laid]
             )
         return fields
+
+    def _cut_to_context(self, rows: list[TeacherRow], pairs: np.ndarray, limit: int) -> np.ndarray:
+        """The rule for a teacher row longer than the teacher can read: cut it to `limit`
+        tokens (in place); its response tokens past the cut lose their teacher partner and
+        train on the gold CE alone. Never fed past the teacher's context."""
+        long_rows = [index for index, row in enumerate(rows) if len(row.input_ids) > limit]
+        if not long_rows:
+            return pairs
+        longest = max(len(rows[index].input_ids) for index in long_rows)
+        for index in long_rows:
+            rows[index].input_ids, rows[index].labels = rows[index].input_ids[:limit], rows[index].labels[:limit]
+        self._cuts["rows"] += len(long_rows)
+        if self._cuts["rows"] >= self._cuts["next_report"]:  # the first cut, then at each doubling
+            self._cuts["next_report"] = 2 * self._cuts["rows"]
+            LOG.warning(
+                "dskd: %d teacher row(s) so far were longer than the teacher's context (max_position_embeddings %d; "
+                "longest %d tokens): each is cut to %d tokens, and its response tokens past the cut train on the "
+                "gold CE alone (a shorter sequence_len or a teacher with a longer context avoids this)",
+                self._cuts["rows"],
+                limit,
+                longest,
+                limit,
+            )
+        return pairs[pairs[:, 2] < limit]
 
     def __call__(self, features: list[Any], return_tensors: str | None = None) -> dict[str, Any]:
         bins = bins_of(features)

@@ -69,6 +69,7 @@ class DSKDPlugin(BasePlugin):
         """The plugin's collators pad as Axolotl does and pack multipack bins so packed rows
         stay apart; cross-tokenizer runs also need the teacher's tokenization of each row,
         cached runs the cached teacher rows of each row."""
+        from axolotl_dskd.teacher.loading import teacher_context
         from axolotl_dskd.teacher.source import teacher_source
         from axolotl_dskd.teacher.tokenizer import teacher_tokenizer_path, teacher_tokenizer_revision
 
@@ -84,6 +85,7 @@ class DSKDPlugin(BasePlugin):
             "teacher_revision": teacher_tokenizer_revision(cfg),
             "teacher_trust_remote_code": bool(cfg.dskd_teacher_trust_remote_code),
             "alignment": cfg.dskd_alignment,
+            "teacher_max_length": teacher_context(cfg),
         }
 
     def pre_model_load(self, cfg: Any) -> None:

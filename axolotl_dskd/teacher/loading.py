@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
 LOG = logging.getLogger(__name__)
 
@@ -45,6 +45,17 @@ class TeacherSpec:
             trust_remote_code=bool(settings.dskd_teacher_trust_remote_code),
             attn_implementation=attn_implementation,
         )
+
+
+def teacher_context(settings: object) -> int | None:
+    """How many positions the teacher reads (its config's max_position_embeddings; None
+    when the config does not say), from its config file alone."""
+    config = AutoConfig.from_pretrained(
+        settings.dskd_teacher_model,
+        revision=settings.dskd_teacher_revision,
+        trust_remote_code=bool(settings.dskd_teacher_trust_remote_code),
+    )
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
 def resolve_dtype(setting: str, student_dtype: torch.dtype) -> torch.dtype:

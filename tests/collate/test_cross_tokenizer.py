@@ -3,6 +3,8 @@ the one-sample alignment wrappers on each trained run."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,39 @@ def test_utf8_split_carries_a_cut_character_and_replaces_invalid_bytes() -> None
     assert _split_utf8(b"ab") == ("ab", b"")
     assert _split_utf8(b"") == ("", b"")
     assert _split_utf8(b"a\xc7b\xc0c") == ("a\ufffdb\ufffdc", b"")  # sampled garbage, not a cut character
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_teacher_rows_longer_than_the_teachers_context_are_cut_to_it(tiny, caplog, packed: bool) -> None:
+    """Never fed past max_position_embeddings: each row cut to it, padding too, pairs past
+    the cut dropped (those response tokens keep the gold CE), and the cut counted in the log."""
+    from tests.teacher.test_cache import _features
+
+    features = _features(tiny.tokenizer, tiny.data, rows=3)
+
+    def collate(limit: int | None, as_bin: bool):
+        collator = DSKDCrossTokenizerCollator(
+            tiny.tokenizer,
+            padding=True,
+            return_tensors="pt",
+            pad_to_multiple_of=64,
+            teacher_tokenizer_path=str(tiny.cross_teacher),
+            teacher_max_length=limit,
+        )
+        return collator([[dict(row) for row in features]] if as_bin else [dict(row) for row in features])
+
+    lengths = collate(None, as_bin=False)["teacher_attention_mask"].sum(1)
+    limit = int(lengths.max()) - 6  # the longest row loses its last response tokens
+    full = collate(None, packed)
+    with caplog.at_level(logging.WARNING):
+        cut = collate(limit, packed)
+    if packed:
+        assert int(cut["teacher_position_ids"].max()) < limit
+    else:
+        assert cut["teacher_input_ids"].shape[1] == limit
+        assert bool((cut["dskd_pairs"][:, 2] < limit).all())
+    kept, expected = cut["dskd_pairs"][:, :2].tolist(), full["dskd_pairs"][:, :2].tolist()
+    assert 0 < len(kept) < len(expected) and {tuple(pair) for pair in kept} <= {tuple(pair) for pair in expected}
+    assert f"1 teacher row(s) so far were longer than the teacher's context (max_position_embeddings {limit};" in (
+        caplog.text
+    )

@@ -222,3 +222,18 @@ def test_a_resume_that_changes_the_teacher_or_the_alignment_stops_with_one_line(
         "and student need 64 to 32: it was trained with another model; start afresh with a new output_dir",
         before_loading=False,  # accepted on purpose: the shapes are known once the models are built
     )
+
+
+def test_teacher_rows_past_the_teachers_context_are_cut_and_counted(tiny, tmp_path) -> None:
+    """Across tokenizers a row the student reads within sequence_len can be longer for the
+    teacher: here 64 positions against rows of about 100 teacher tokens."""
+    from tests.tiny import build_llama
+
+    short = tmp_path / "short_teacher"
+    build_llama(short, tiny.teacher_tokenizer, hidden=48, layers=2, seed=13, context=64)
+    cfg = base_config(tiny.student, short, tiny.data, tmp_path) | {"max_steps": 2, "save_steps": 2}
+    result = _run(["axolotl", "train"], cfg, tmp_path)
+    assert "teacher row(s) so far were longer than the teacher's context (max_position_embeddings 64;" in (
+        result.stdout + result.stderr
+    )
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in _history(Path(cfg["output_dir"])))
