@@ -13,6 +13,7 @@ from axolotl_dskd.collate.cross_tokenizer import TEACHER_COLUMNS
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, OnPolicySampler
 from axolotl_dskd.distill.step import DistillationStep
 from axolotl_dskd.distill.vocabulary import vocabulary
+from axolotl_dskd.integration.data_check import check_response_tokens
 from axolotl_dskd.integration.fit_check import TeacherFitCheck
 from axolotl_dskd.integration.projector_state import projector_state
 from axolotl_dskd.integration.run_record import run_record, write_record
@@ -32,6 +33,7 @@ class DSKDTrainer(AxolotlTrainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        check_response_tokens({"train": self.train_dataset, "eval": self.eval_dataset})
         # compute_loss divides by the global response-token count itself
         self.model_accepts_loss_kwargs = True
         student_head = output_head(self.model)

@@ -53,6 +53,12 @@ class TeacherFit:
 
     def warning(self) -> str | None:
         """One line for the log when the teacher does not fit, else None."""
+        if self.response_tokens == 0:
+            return (
+                f"dskd: the first {self.rows} training rows have no response tokens (every label is masked), so "
+                "the teacher-fit check has nothing to score; check the dataset's `type:` and field names, "
+                "`roles_to_train` and `train_on_inputs`"
+            )
         problems = self.problems()
         if not problems:
             return None
@@ -80,7 +86,7 @@ class TeacherFit:
 
     def note(self) -> str | None:
         """One informational line when the teacher fits so well that KD adds little."""
-        if self.problems() or self.teacher_ce >= ONE_HOT_TEACHER_CE:
+        if self.response_tokens == 0 or self.problems() or self.teacher_ce >= ONE_HOT_TEACHER_CE:
             return None
         return (
             f"dskd: the teacher reproduces the gold tokens almost exactly (teacher_ce {self.teacher_ce:.3f} < "

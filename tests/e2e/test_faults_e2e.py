@@ -114,14 +114,12 @@ def test_kill_9_during_a_cache_build_then_rerun_equals_a_clean_build(tiny, tmp_p
 
 
 def test_steps_without_response_tokens_train_on_with_loss_zero(tiny, tmp_path) -> None:
-    """Issue 27 (2): a row whose prompt fills `sequence_len` (truncated) has no response
-    token; with one row per micro-batch that made a whole step of none, which used to
-    crash with ZeroDivisionError at that step and lose the run."""
+    """A row whose prompt fills `sequence_len` (truncated) has no response token; with one
+    row per micro-batch that makes a whole step of none, which trains on with loss 0."""
     rows = [json.loads(line) for line in tiny.data.read_text().splitlines()[:10]]
     rows.insert(5, rows[0] | {"instruction": " ".join(["many words"] * 400)})
     data = write_jsonl(rows, tmp_path / "rows.jsonl")
     cfg = base_config(tiny.student, tiny.teacher, data, tmp_path) | {
-        "sequence_len": 128,
         "excess_length_strategy": "truncate",
         "micro_batch_size": 1,
         "gradient_accumulation_steps": 1,
@@ -237,3 +235,21 @@ def test_teacher_rows_past_the_teachers_context_are_cut_and_counted(tiny, tmp_pa
         result.stdout + result.stderr
     )
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in _history(Path(cfg["output_dir"])))
+
+
+def test_a_dataset_without_response_tokens_is_refused_before_training(tiny, tmp_path) -> None:
+    """Every output empty (template-free segments): the run would train on nothing."""
+    rows = [
+        {"segments": [{"label": False, "text": json.loads(line)["instruction"]}, {"label": True, "text": ""}]}
+        for line in tiny.data.read_text().splitlines()[:12]
+    ]
+    data = write_jsonl(rows, tmp_path / "empty.jsonl")
+    cfg = base_config(tiny.student, tiny.teacher, data, tmp_path) | {"max_steps": 2}
+    cfg["datasets"] = [{"path": str(data), "type": "input_output", "ds_type": "json"}]
+    result = run_cli(["axolotl", "train"], cfg, tmp_path)
+    assert result.returncode != 0
+    assert (
+        "datasets: none of the 12 train rows has a response token to train on (every label is masked), so the run "
+        "would train on nothing"
+    ) in result.stderr
+    assert not list(Path(cfg["output_dir"]).glob("checkpoint-*"))

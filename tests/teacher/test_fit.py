@@ -47,3 +47,12 @@ def test_a_fitting_teacher_gets_no_warning_and_a_near_one_hot_one_a_note() -> No
     assert memorising.warning() is None and "teacher_ce 0.003 < 0.05" in memorising.note()
     assert json.loads(memorising.to_json())["fits"] is True
     assert "verdict" in memorising.table() and "fits" in memorising.table()
+
+
+def test_no_response_tokens_is_said_plainly_without_blaming_the_teacher() -> None:
+    fit = TeacherFit(rows=8, response_tokens=0, teacher_acc=0.0, teacher_ce=0.0, student_ce=0.0, align_ratio=1.0)
+    assert fit.warning() == (
+        "dskd: the first 8 training rows have no response tokens (every label is masked), so the teacher-fit check "
+        "has nothing to score; check the dataset's `type:` and field names, `roles_to_train` and `train_on_inputs`"
+    )
+    assert fit.note() is None
