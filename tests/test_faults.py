@@ -298,3 +298,30 @@ def test_auto_resume_into_a_checkpoint_of_another_teacher_stops_and_an_old_check
     )
     write_record(str(newest), run_record(settings))
     choose_checkpoint(cfg)  # the same setup: resumes
+
+
+def test_cache_teacher_checks_free_space_against_the_caches_size_before_the_teacher_pass(tmp_path) -> None:
+    from axolotl_dskd.commands.cache_teacher import cache_bytes, too_little_space
+
+    rows = Dataset.from_dict({"labels": [[-100, -100, 5, 6], [7, 8, -100]]})  # 2 + 1 trained labels
+    needed = cache_bytes({"train": rows, "eval": None}, teacher_hidden=1024, dtype=torch.bfloat16)
+    assert needed == 3 * 1024 * 2
+    assert too_little_space(tmp_path, needed) is None
+    problem = too_little_space(tmp_path, 1 << 60)
+    assert problem.startswith(f"the cache needs up to {(1 << 60) / 2**30:.2f} GiB and {tmp_path} has ")
+    assert problem.endswith("GiB free; free some space or pick another --out")
+
+
+def test_a_second_run_into_the_folder_a_live_run_holds_is_refused(tmp_path) -> None:
+    from axolotl_dskd.integration.run_lock import hold_output_dir
+
+    held = hold_output_dir(str(tmp_path / "run"))
+    with pytest.raises(DSKDConfigError) as caught:
+        hold_output_dir(str(tmp_path / "run"))
+    assert str(caught.value) == (
+        f"output_dir: {tmp_path / 'run'} is in use by a live run (pid {os.getpid()}); two runs writing one folder "
+        "overwrite each other's checkpoints. Wait for it or stop it (kill its process group), or pick another "
+        "output_dir"
+    )
+    held.close()  # the run ended: the folder is free again
+    hold_output_dir(str(tmp_path / "run")).close()

@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ import torch
 import yaml
 from safetensors.torch import save_file
 from tqdm import tqdm
+from transformers import AutoConfig
 
 from axolotl_dskd.distill.rows import live_teacher_rows
 from axolotl_dskd.distill.vocabulary import Vocabulary, vocabulary
+from axolotl_dskd.integration.data_check import response_tokens_per_row
 from axolotl_dskd.teacher.cache import (
     HEAD_FILE,
     Manifest,
@@ -222,6 +225,24 @@ def unwritable(out: Path) -> str | None:
     return None
 
 
+def cache_bytes(datasets: dict[str, Any], teacher_hidden: int, dtype: torch.dtype) -> int:
+    """An upper bound on the cache's size: one teacher row per response token (a pair
+    across tokenizers is at most that), `teacher_hidden` values of `dtype` each."""
+    tokens = sum(sum(response_tokens_per_row(dataset)) for dataset in datasets.values() if dataset is not None)
+    return tokens * teacher_hidden * dtype.itemsize
+
+
+def too_little_space(out: Path, needed: int) -> str | None:
+    """Why the cache will not fit on `out`'s disk (None: it will), before the teacher pass."""
+    free = shutil.disk_usage(out).free
+    if free >= needed:
+        return None
+    return (
+        f"the cache needs up to {needed / 2**30:.2f} GiB and {out} has {free / 2**30:.2f} GiB free; "
+        "free some space or pick another --out"
+    )
+
+
 def verify(out: Path) -> int:
     """Check every shard of a built cache against its stamp and contents digest."""
     try:
@@ -268,13 +289,19 @@ def cache_teacher(args: argparse.Namespace) -> int:
     data = load_datasets(cfg=cfg, cli_args=TrainerCliArgs())
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    splits = {"train": data.train_dataset, "eval": data.eval_dataset}
+    hidden = AutoConfig.from_pretrained(cfg.dskd_teacher_model, revision=cfg.dskd_teacher_revision).get_text_config()
+    problem = too_little_space(out, cache_bytes(splits, hidden.hidden_size, DTYPES[args.dtype]))
+    if problem:
+        print(f"cache-teacher: {problem}")
+        return 2
     spec = TeacherSpec.from_settings(cfg, resolve_dtype(cfg.dskd_teacher_dtype, cfg.torch_dtype))
     tokenizer = load_tokenizer(cfg)
     write_cache(
         out,
         load_teacher(spec, device),
         _collator(cfg, tokenizer),
-        {"train": data.train_dataset, "eval": data.eval_dataset},
+        splits,
         args,
         teacher_cache_settings(cfg),
         vocabulary(cfg, tokenizer),

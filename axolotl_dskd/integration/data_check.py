@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from axolotl_dskd.errors import DSKDConfigError
@@ -12,12 +13,16 @@ from axolotl_dskd.loss import IGNORE_INDEX
 ROWS_PER_READ = 1024
 
 
+def response_tokens_per_row(dataset: Any) -> Iterator[int]:
+    """Each row's trained tokens (labels past the first, which no position predicts)."""
+    for batch in dataset.select_columns(["labels"]).iter(batch_size=ROWS_PER_READ):
+        for labels in batch["labels"]:
+            yield sum(label != IGNORE_INDEX for label in labels[1:])
+
+
 def has_response_tokens(dataset: Any) -> bool:
     """Whether any row trains a token (stops at the first that does: one read in practice)."""
-    for batch in dataset.select_columns(["labels"]).iter(batch_size=ROWS_PER_READ):
-        if any(label != IGNORE_INDEX for labels in batch["labels"] for label in labels[1:]):
-            return True
-    return False
+    return any(count > 0 for count in response_tokens_per_row(dataset))
 
 
 def check_response_tokens(datasets: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ class DSKDPlugin(BasePlugin):
     def __init__(self) -> None:
         super().__init__()
         self._trainer: Any = None
+        self._lock: Any = None  # the output_dir's run lock, held while this process lives
 
     def register(self, cfg: Any) -> None:
         """Show this package's INFO logs at Axolotl's level (its loggers sit outside the
@@ -89,9 +90,13 @@ class DSKDPlugin(BasePlugin):
         }
 
     def pre_model_load(self, cfg: Any) -> None:
-        """Before the student loads: never resume from a checkpoint missing its projector."""
+        """Before the student loads: one live run per output_dir, and never a resume from a
+        checkpoint missing its projector or trained with another setup."""
         from axolotl_dskd.integration.resume import choose_checkpoint
+        from axolotl_dskd.integration.run_lock import hold_output_dir
 
+        if cfg.get("output_dir") and self._lock is None:
+            self._lock = hold_output_dir(cfg["output_dir"])
         choose_checkpoint(cfg)
 
     def post_trainer_create(self, cfg: Any, trainer: Any) -> None:
