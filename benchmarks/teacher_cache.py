@@ -45,6 +45,7 @@ from axolotl_dskd.integration.args import DSKDTrainingArgsMixin  # noqa: E402
 from axolotl_dskd.loss.config import LossConfig  # noqa: E402
 from axolotl_dskd.teacher.cache import HeadOnlyTeacher, TeacherCache  # noqa: E402
 from axolotl_dskd.teacher.loading import last_hidden_state, output_head  # noqa: E402
+from axolotl_dskd.teacher.source import CachedTeacher, LiveTeacher  # noqa: E402
 from benchmarks.step_time import batch, timed_together, unpadded  # noqa: E402
 
 
@@ -79,7 +80,8 @@ def pair_models(pair: str, cache_dir: Path | None = None):
         if cross
         else SharedVocabulary(len(tokenizer))
     )
-    step = DistillationStep(student, teacher, LossConfig.from_settings(DSKDTrainingArgsMixin()), vocab)
+    source = CachedTeacher() if cache_dir else LiveTeacher()
+    step = DistillationStep(student, teacher, LossConfig.from_settings(DSKDTrainingArgsMixin()), vocab, source=source)
     return student, teacher, tokenizer, step
 
 
@@ -137,6 +139,7 @@ def measure(pair: str, size: int, repeats: int) -> None:
             HeadOnlyTeacher(TeacherCache(cache_dir).head()),
             live_step.loss_cfg,
             live_step.vocabulary,
+            source=CachedTeacher(),
         )
         live_inputs, cached_inputs = collator(features), cached_collator(features)
 
@@ -201,6 +204,7 @@ def _train(step_parts, init_state, dtype: str | None, steps: int, size: int) -> 
             teacher if dtype is None else HeadOnlyTeacher(TeacherCache(tmp).head()),
             LossConfig.from_settings(DSKDTrainingArgsMixin()),
             SharedVocabulary(len(collator.tokenizer)),
+            source=LiveTeacher() if dtype is None else CachedTeacher(),
         )
         collate = collator_for("demo", collator.tokenizer, None if dtype is None else Path(tmp))
         trained = [p for p in student.parameters() if p.requires_grad] + list(step.parameters())

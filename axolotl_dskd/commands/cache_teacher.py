@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import AutoConfig
 
-from axolotl_dskd.distill.rows import live_teacher_rows
 from axolotl_dskd.distill.vocabulary import Vocabulary, vocabulary
 from axolotl_dskd.integration.data_check import response_tokens_per_row
 from axolotl_dskd.teacher.cache import (
@@ -45,6 +44,7 @@ from axolotl_dskd.teacher.cache import (
     write_shard,
 )
 from axolotl_dskd.teacher.loading import DTYPES, TeacherSpec, load_teacher, output_head, resolve_dtype
+from axolotl_dskd.teacher.source import LiveTeacher
 
 LOG = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def teacher_rows_by_row(
 ) -> list[torch.Tensor]:
     """The teacher's hidden rows the loss reads, split per batch row, in the loss's order."""
     rows = vocab.rows(batch)
-    hidden_rows = live_teacher_rows(teacher, vocab.teacher_inputs(batch, output_head(teacher).device), rows)
+    hidden_rows = LiveTeacher().rows(teacher, batch, rows, vocab)
     return per_row(hidden_rows, rows.teacher_index[0], batch["labels"].shape[0])
 
 

@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.objectives import objective
+
 GIB = 2**30
 # bitsandbytes NF4 with double quantization: 4 bits + about 0.25 bits of block constants
 BYTES_PER_4BIT_WEIGHT = 4.25 / 8
@@ -208,7 +211,7 @@ def plan(cfg: Any, gpu_memory: float | None = None, gpus: int = 1) -> Plan:
     per_param = optimizer_bytes_per_param(cfg.get("optimizer"), param_bytes)
     result.add("optimizer states", trainable * per_param / optimizer_split, f"{cfg.get('optimizer') or 'adamw_torch'}")
 
-    if cfg.get("dskd_method", "dskd") == "dskd":
+    if objective(cfg.get("dskd_method") or LossConfig.method).trains_projector:
         projector = teacher.hidden * student.hidden
         result.add(
             "t2s projector + Adam", projector * 16, f"[{student.hidden}, {teacher.hidden}] fp32: weight, grad, 2 states"

@@ -174,7 +174,10 @@ class OnPolicySampler:
     def batch(
         self, student: PreTrainedModel, gold: dict[str, torch.Tensor], global_step: int
     ) -> tuple[dict[str, torch.Tensor] | None, dict[str, float]]:
-        """The sampled batch (or None: this micro-batch reads the gold responses) and its metrics."""
+        """The sampled batch (or None: this micro-batch reads the gold responses) and its
+        metrics (none when on-policy distillation is off)."""
+        if self.cfg.ratio <= 0:
+            return None, {}
         step, seen = self._micro_batch
         seen = seen + 1 if step == global_step else 0
         self._micro_batch = (global_step, seen)

@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from axolotl_dskd.loss import IGNORE_INDEX
-from axolotl_dskd.teacher.loading import last_hidden_state
 
 
 @dataclass(frozen=True)
@@ -46,10 +44,3 @@ class Rows:
 
     def teacher_rows(self, hidden: torch.Tensor) -> torch.Tensor:
         return self._take(hidden, self.teacher_index)
-
-
-@torch.no_grad()
-def live_teacher_rows(teacher: nn.Module, teacher_inputs: dict[str, torch.Tensor], rows: Rows) -> torch.Tensor:
-    """The teacher's hidden rows at `rows`, from a forward pass over the teacher's view of
-    the batch (the vocabulary's `teacher_inputs`)."""
-    return rows.teacher_rows(last_hidden_state(teacher, teacher_inputs))

@@ -14,32 +14,21 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from axolotl_dskd.collate.packing import PACKED
-from axolotl_dskd.distill.finite import (
-    bad_embedding_ids,
-    check_head,
-    check_metrics,
-    check_projector_init,
-    non_finite_rows,
-    teacher_rows_error,
-)
 from axolotl_dskd.distill.head_loss import HeadLoss
-from axolotl_dskd.distill.rows import Rows, live_teacher_rows
+from axolotl_dskd.distill.rows import Rows
 from axolotl_dskd.distill.vocabulary import Vocabulary
 from axolotl_dskd.engines import Engine
+from axolotl_dskd.finite import check_head, check_metrics, check_projector_init
 from axolotl_dskd.loss.chunked import term_weights
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.normaliser import Normaliser
+from axolotl_dskd.loss.objectives import objective
 from axolotl_dskd.loss.projectors import S2TMap, T2SProjector
 from axolotl_dskd.loss.terms import Counts, LossTerms
-from axolotl_dskd.teacher.cache import (
-    CACHED_COUNTS,
-    CACHED_ROWS,
-    HeadOnlyTeacher,
-    TeacherCacheError,
-    cached_teacher_rows,
-)
+from axolotl_dskd.teacher.cache import CACHED_COUNTS, CACHED_ROWS
 from axolotl_dskd.teacher.loading import output_head
+from axolotl_dskd.teacher.source import LiveTeacher, TeacherSource
 
 LOG = logging.getLogger(__name__)
 # what a batch carries beside the student's forward arguments (the collators fill them)
@@ -72,6 +61,7 @@ class DistillationStep(nn.Module):
         projector_init: str = "pinv",
         init_topk_vocab: int | None = None,
         engine: Engine | None = None,
+        source: TeacherSource | None = None,
     ) -> None:
         super().__init__()
         self.loss_cfg = loss_cfg
@@ -79,8 +69,8 @@ class DistillationStep(nn.Module):
         self.engine = engine or Engine()
         # the teacher is not a submodule: it must not reach the optimizer or the checkpoints
         self.__dict__["teacher"] = teacher
-        # the run's teacher source, decided once: a cached run's teacher is its head alone
-        self.reads_cache = isinstance(teacher, HeadOnlyTeacher)
+        # where the teacher rows come from, decided once (a cached run's teacher is its head alone)
+        self.source = source or LiveTeacher()
         student_head, teacher_head = output_head(student), output_head(teacher)
         with self.engine.gathered(student_head, teacher_head):  # whole on every rank for the init
             self.teacher_hidden_size = teacher_head.shape[1]
@@ -88,7 +78,7 @@ class DistillationStep(nn.Module):
             check_head(teacher_head, "teacher")
             check_head(student_head, "student")
             t2s_projector, s2t_map = None, None
-            if loss_cfg.method == "dskd":
+            if objective(loss_cfg.method).trains_projector:
                 vocab = vocabulary.projector_vocab(init_topk_vocab, head_vocab)
                 t2s_projector = T2SProjector(teacher_head.shape[1], student_head.shape[1]).to(student_head.device)
                 if projector_init == "pinv":
@@ -129,7 +119,7 @@ class DistillationStep(nn.Module):
         student_hidden = outputs.hidden_states[-1]
         self.engine.before_loss(model)  # the loss reads the head and the projector outside forward
         if with_teacher:
-            teacher_rows = self._teacher_rows(inputs, rows).to(student_hidden.device)
+            teacher_rows = self.source.rows(self.teacher, inputs, rows, self.vocabulary).to(student_hidden.device)
         else:
             teacher_rows = student_hidden.new_zeros((0, self.teacher_hidden_size))
         loss, sums, counts = self.head_loss(
@@ -137,27 +127,6 @@ class DistillationStep(nn.Module):
         )
         # keeps every trainable tensor in the graph when a micro-batch has no response token
         return loss + student_hidden.sum() * 0.0, sums, counts
-
-    def _teacher_rows(self, inputs: dict[str, torch.Tensor], rows: Rows) -> torch.Tensor:
-        """The teacher's hidden rows the loss pairs: read from the batch when it comes from
-        a teacher cache, else from a forward pass of the live teacher; never NaN or inf."""
-        if self.reads_cache:
-            if CACHED_ROWS not in inputs:
-                raise TeacherCacheError("dskd_teacher_cache: a batch came without cached teacher rows")
-            teacher_rows = cached_teacher_rows(inputs, rows.teacher_index[0], output_head(self.teacher).dtype)
-            bad = non_finite_rows(teacher_rows)
-            if len(bad):
-                raise teacher_rows_error(len(bad), len(teacher_rows), "cache", None)
-            return teacher_rows
-        teacher_inputs = self.vocabulary.teacher_inputs(inputs, output_head(self.teacher).device)
-        teacher_rows = live_teacher_rows(self.teacher, teacher_inputs, rows)
-        bad = non_finite_rows(teacher_rows)
-        if len(bad):
-            embedding = self.teacher.get_input_embeddings().weight
-            raise teacher_rows_error(
-                len(bad), len(teacher_rows), "live", bad_embedding_ids(embedding, teacher_inputs["input_ids"])
-            )
-        return teacher_rows
 
     def forward(
         self,
@@ -180,7 +149,8 @@ class DistillationStep(nn.Module):
         """
         cfg, weights = self.loss_cfg, term_weights(self.loss_cfg)
         total = None if num_items_in_batch is None else int(num_items_in_batch)
-        batch = Normaliser(cfg, weights, total_rows=total, per_step=kd_divisor, cross=self.vocabulary.cross)
+        by_valid_pairs = self.vocabulary.paper_divides_by_valid_pairs
+        batch = Normaliser(cfg, weights, total_rows=total, per_step=kd_divisor, by_valid_pairs=by_valid_pairs)
         if kd_inputs is None:
             loss, sums, counts = self._score(model, inputs, batch, with_teacher=True)
             metrics = self.metrics(sums, counts)
@@ -200,7 +170,8 @@ class DistillationStep(nn.Module):
         """(term sums, counts) of one batch without gradients: for measuring, not training.
         The sums do not depend on the weights, so `paper`'s pair counts are not computed."""
         unweighted = dataclasses.replace(self.loss_cfg, normalization="global")
-        normaliser = Normaliser(unweighted, term_weights(self.loss_cfg), cross=self.vocabulary.cross)
+        by_valid_pairs = self.vocabulary.paper_divides_by_valid_pairs
+        normaliser = Normaliser(unweighted, term_weights(self.loss_cfg), by_valid_pairs=by_valid_pairs)
         _, sums, counts = self._score(model, inputs, normaliser, with_teacher=True)
         return sums, counts
 
@@ -210,12 +181,7 @@ class DistillationStep(nn.Module):
         n_tokens, n_pairs = max(count["n_tokens"], 1.0), max(count["n_pairs"], 1.0)
         terms = {name: value / n_tokens for name, value in sums.as_dict().items()}
         metrics = {"ce_loss": terms["ce_loss"], "kd_loss": float(sums.kd_total()) / n_tokens}
-        if self.loss_cfg.method == "dskd":
-            metrics |= {name: terms[name] for name in ("t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss")}
-            metrics["t2s_agreement"] = count["n_agree"] / n_pairs
-            metrics["t2s_acc"] = count["n_t2s_correct"] / n_pairs
-            metrics["s2t_agreement"] = count["n_s2t_agree"] / n_pairs
-            metrics["align_ratio"] = count["n_pairs"] / n_tokens
+        metrics |= objective(self.loss_cfg.method).own_metrics(terms, count)
         metrics["teacher_acc"] = count["n_teacher_correct"] / n_pairs
         metrics["teacher_ce"] = count["teacher_gold_nll"] / max(count["n_teacher_gold"], 1.0)
         return metrics

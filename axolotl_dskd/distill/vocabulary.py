@@ -37,6 +37,8 @@ class SharedVocabulary:
 
     cross: ClassVar[bool] = False
     id_maps: ClassVar[None] = None  # no id translation between the heads
+    # DSKDv2's `paper` criterion divides the t2s CE and s2t KD by valid pairs only across tokenizers
+    paper_divides_by_valid_pairs: ClassVar[bool] = False
 
     def describe(self) -> str:
         if self.teacher_pad_id is None:
@@ -78,6 +80,7 @@ class CrossVocabulary:
     comparison: VocabularyComparison | None = None  # why the teacher cannot read the student's ids
 
     cross: ClassVar[bool] = True
+    paper_divides_by_valid_pairs: ClassVar[bool] = True
 
     def describe(self) -> str:
         added = self.comparison.added if self.comparison and not self.comparison.renamed else ()

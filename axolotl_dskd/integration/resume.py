@@ -17,6 +17,8 @@ from safetensors import safe_open
 
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.run_record import ACCEPT_KEY, RECORD_FILE, read_record, record_difference, run_record
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.objectives import objective
 
 LOG = logging.getLogger(__name__)
 PROJECTOR_FILE = "dskd_projector.safetensors"
@@ -38,6 +40,10 @@ def missing_part(checkpoint: Path) -> str | None:
     return None
 
 
+def trains_projector(cfg: Any) -> bool:
+    return objective(cfg.get("dskd_method") or LossConfig.method).trains_projector
+
+
 def checkpoints(output_dir: str) -> list[Path]:
     """The run's checkpoints, newest first."""
     found = [p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
@@ -53,7 +59,7 @@ def choose_checkpoint(cfg: Any) -> None:
     if chosen is None:
         return
     key = "resume_from_checkpoint" if explicit else "auto_resume_from_checkpoints"
-    if explicit and cfg.get("dskd_method", "dskd") == "dskd":
+    if explicit and trains_projector(cfg):
         problem = missing_part(chosen)
         if problem:
             raise DSKDConfigError(
@@ -72,7 +78,7 @@ def complete_newest(cfg: Any) -> Path | None:
     if not found:
         return None
     newest, problem = found[0], missing_part(found[0])
-    if problem is None or cfg.get("dskd_method", "dskd") != "dskd":  # vanilla KD has no projector to restore
+    if problem is None or not trains_projector(cfg):  # vanilla KD has no projector to restore
         return newest
     complete = next((checkpoint for checkpoint in found[1:] if missing_part(checkpoint) is None), None)
     if complete is None:

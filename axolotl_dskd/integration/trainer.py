@@ -38,7 +38,8 @@ class DSKDTrainer(AxolotlTrainer):
         self.model_accepts_loss_kwargs = True
         student_head = output_head(self.model)
         self.engine = engines.select(self.accelerator)
-        teacher = teacher_source(self.args).load(
+        source = teacher_source(self.args)
+        teacher = source.load(
             resolve_dtype(self.args.dskd_teacher_dtype, student_head.dtype),
             student_head.device,
             self.engine,
@@ -56,6 +57,7 @@ class DSKDTrainer(AxolotlTrainer):
             projector_init=self.args.dskd_projector_init,
             init_topk_vocab=self.args.dskd_init_topk_vocab,
             engine=self.engine,
+            source=source,
         )
         self.engine.attach_loss(self.model, self.distill.head_loss, student_head)
         self.projector = projector_state(self.distill.t2s_projector, self.engine)
@@ -80,7 +82,7 @@ class DSKDTrainer(AxolotlTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         kd_inputs, on_policy_metrics = None, {}
-        if model.training and self.on_policy.cfg.ratio > 0:
+        if model.training:  # the sampler decides whether this micro-batch samples
             sampled, on_policy_metrics = self.on_policy.batch(
                 self.accelerator.unwrap_model(model), inputs, self.state.global_step
             )

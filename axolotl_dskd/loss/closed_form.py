@@ -25,8 +25,8 @@ from axolotl_dskd.loss.terms import Counts, LossTerms
 
 
 def supports(cfg: LossConfig) -> bool:
-    """Whether the closed form covers this configuration."""
-    return cfg.method == "dskd" and cfg.divergence.name == "forward_kl"
+    """Whether the closed form covers DSKD's terms under this configuration."""
+    return cfg.divergence.name == "forward_kl"
 
 
 def workspace(rows: int, heads: Heads, device: torch.device) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.heads import Heads
-from axolotl_dskd.loss.objectives import logits
+from axolotl_dskd.loss.objectives import logits, objective
 from axolotl_dskd.loss.terms import LossTerms
 
 
@@ -44,22 +44,22 @@ def divided_weights(
     kd_divisor: float,
     local_divisor: float,
     counts: tuple[int, int] | None,
-    cross: bool,
+    by_valid_pairs: bool,
 ) -> LossTerms[float]:
     """Each term's weight divided by what its sum is normalised by, so sum(weights * sums)
     is the loss. `global` (`counts` None): the gold CE by `gold_divisor`, every KD term by
     `kd_divisor`. `paper` (DSKDv2's criterion, `counts` from `pair_counts`): the student-space KD by the
-    micro-batch's agreeing pairs and, with two tokenizers, the t2s CE and s2t KD by its
-    valid pairs, each times `local_divisor` (micro-batches per step x processes), so a step
+    micro-batch's agreeing pairs and, with two tokenizers (`by_valid_pairs`), the t2s CE and
+    s2t KD by its valid pairs, each times `local_divisor` (micro-batches per step x processes), so a step
     averages its micro-batches' ratios."""
     divisors = LossTerms.of(float(gold_divisor), float(kd_divisor))
     if counts is not None:
         n_valid, n_agree = counts
-        by_pairs = ["t2s_ce_loss", "s2t_kd_loss"] if cross else []
+        by_pairs = ["t2s_ce_loss", "s2t_kd_loss"] if by_valid_pairs else []
         by_agreement = []
         if cfg.agreement_mask:
             by_agreement.append("t2s_kd_loss")
-        elif cross:
+        elif by_valid_pairs:
             by_pairs.append("t2s_kd_loss")
         divisors = dataclasses.replace(
             divisors,
@@ -83,12 +83,12 @@ class Normaliser:
     total_rows: int | None = None
     per_step: float = 1.0
     kd_by_batch_rows: bool = False
-    cross: bool = False
+    by_valid_pairs: bool = False  # the vocabulary's answer: `paper` divides by valid pairs across tokenizers
 
     @property
     def needs_pair_counts(self) -> bool:
         """`paper` divides DSKD's terms by the micro-batch's pair counts (vanilla KD has no pairs to count)."""
-        return self.cfg.normalization == "paper" and self.cfg.method == "dskd"
+        return self.cfg.normalization == "paper" and objective(self.cfg.method).divides_by_pairs
 
     def divided(self, n_rows: int, counts: tuple[int, int] | None) -> LossTerms[float]:
         """The weights for a batch of `n_rows` response rows; `counts` from `pair_counts`
@@ -98,4 +98,4 @@ class Normaliser:
             gold, kd = 1.0, max(n_rows, 1) * self.per_step
         else:
             gold = kd = float(max(n_rows if self.total_rows is None else self.total_rows, 1))
-        return divided_weights(self.cfg, self.weights, gold, kd, self.per_step, counts, self.cross)
+        return divided_weights(self.cfg, self.weights, gold, kd, self.per_step, counts, self.by_valid_pairs)

@@ -51,8 +51,14 @@ class GoldAndTeacher:
 class Objective:
     """One chunk's term sums and counts; `teacher_hidden` holds the chunk's teacher rows."""
 
-    # whether the objective can compare two vocabularies (through projectors) or needs one
-    crosses_tokenizers: bool = False
+    # what differs between objectives, asked by the layers above instead of the method's name:
+    crosses_tokenizers: bool = False  # compares two vocabularies (through projectors), or needs one
+    trains_projector: bool = False  # a t2s projector is trained, checkpointed and restored
+    divides_by_pairs: bool = False  # `dskd_normalization: paper` divides its terms by pair counts
+
+    def own_metrics(self, terms: dict[str, float], count: dict[str, float]) -> dict[str, float]:
+        """The metrics only this objective logs (per-token `terms`, the micro-batch's counts)."""
+        return {}
 
     def terms(
         self,
@@ -95,6 +101,17 @@ class DSKD(Objective):
     KD, the student head detached) and the student into the teacher's (s2t KD)."""
 
     crosses_tokenizers = True
+    trains_projector = True
+    divides_by_pairs = True
+
+    def own_metrics(self, terms: dict[str, float], count: dict[str, float]) -> dict[str, float]:
+        n_tokens, n_pairs = max(count["n_tokens"], 1.0), max(count["n_pairs"], 1.0)
+        return {name: terms[name] for name in ("t2s_ce_loss", "t2s_kd_loss", "s2t_kd_loss")} | {
+            "t2s_agreement": count["n_agree"] / n_pairs,
+            "t2s_acc": count["n_t2s_correct"] / n_pairs,
+            "s2t_agreement": count["n_s2t_agree"] / n_pairs,
+            "align_ratio": count["n_pairs"] / n_tokens,
+        }
 
     def terms(self, student_hidden, teacher_hidden, labels, heads, cfg) -> tuple[LossTerms, Counts]:
         read = GoldAndTeacher.of(student_hidden, teacher_hidden, labels, heads)
@@ -127,3 +144,8 @@ class DSKD(Objective):
 CE_ONLY = CEOnly()
 # `dskd_method` -> its objective: the schema's choices are this registry's keys
 OBJECTIVES: dict[str, Objective] = {"dskd": DSKD(), "vanilla_kd": VanillaKD()}
+
+
+def objective(method: str) -> Objective:
+    """The objective a `dskd_method` names."""
+    return OBJECTIVES[method]

@@ -135,7 +135,7 @@ def test_a_teacher_cache_serves_packed_rows(tiny, tmp_path, teacher_kind) -> Non
     _build(tiny, teacher, copy.deepcopy(features), tmp_path, cross)
     bins = [copy.deepcopy(features[:2]), copy.deepcopy(features[2:])]
     live_loss, live_grads = _loss_and_grads(_step(tiny, student, teacher, cross), student, _collator(tiny, cross)(bins))
-    cached_step = _step(tiny, student, HeadOnlyTeacher(TeacherCache(tmp_path).head()), cross)
+    cached_step = _step(tiny, student, HeadOnlyTeacher(TeacherCache(tmp_path).head()), cross, cached=True)
     bins = [copy.deepcopy(features[:2]), copy.deepcopy(features[2:])]
     cached_loss, cached_grads = _loss_and_grads(cached_step, student, _collator(tiny, cross, str(tmp_path))(bins))
     torch.testing.assert_close(cached_loss, live_loss, rtol=1e-5, atol=1e-6)

@@ -255,7 +255,8 @@ def test_teacher_chat_template_needs_chat_template_datasets() -> None:
 
 def test_teacher_tokenizer_that_cannot_load_names_the_key(tiny, tmp_path) -> None:
     message = _error(tiny, tmp_path, dskd_teacher_tokenizer=str(tmp_path / "missing"))
-    assert f"dskd_teacher_tokenizer: cannot load a tokenizer from '{tmp_path / 'missing'}'" in message
+    missing = tmp_path / "missing"
+    assert f"dskd_teacher_tokenizer: '{missing}' is not a directory, and not a hub id (org/name)" in message
 
 
 def _readme_key_rows() -> dict[str, tuple[str, str]]:

@@ -27,6 +27,7 @@ from axolotl_dskd.teacher.cache import (
     row_key,
 )
 from axolotl_dskd.teacher.loading import output_head
+from axolotl_dskd.teacher.source import CachedTeacher, LiveTeacher
 from axolotl_dskd.tokens.vocab import load_tokenizer
 from tests.integration.test_args import _error
 
@@ -80,8 +81,11 @@ def _build(tiny, teacher, features, out, cross: bool, dtype: str = "float32") ->
     )
 
 
-def _step(tiny, student, teacher, cross: bool, method: str = "dskd") -> DistillationStep:
-    return DistillationStep(student, teacher, LossConfig(method=method, kd_ratio=0.5), _vocabulary(tiny, cross))
+def _step(tiny, student, teacher, cross: bool, method: str = "dskd", cached: bool = False) -> DistillationStep:
+    """`cached`: the teacher is its head alone and its rows come with the batch."""
+    loss_cfg = LossConfig(method=method, kd_ratio=0.5)
+    source = CachedTeacher() if cached else LiveTeacher()
+    return DistillationStep(student, teacher, loss_cfg, _vocabulary(tiny, cross), source=source)
 
 
 def _loss_and_grads(step: DistillationStep, student, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -109,7 +113,7 @@ def test_float32_cache_gives_the_live_teachers_loss_and_gradients(tiny, tmp_path
         _step(tiny, student, teacher, cross), student, _collator(tiny, cross)(features)
     )
     cache = TeacherCache(tmp_path)
-    cached_step = _step(tiny, student, HeadOnlyTeacher(cache.head()), cross)
+    cached_step = _step(tiny, student, HeadOnlyTeacher(cache.head()), cross, cached=True)
     cached_batch = _collator(tiny, cross, str(tmp_path))(features)
     cached_loss, cached_grads = _loss_and_grads(cached_step, student, cached_batch)
     assert sorted(path.name for path in tmp_path.glob("train-*")) == [
@@ -133,7 +137,7 @@ def test_bfloat16_cache_stays_close_and_is_half_the_size(tiny, tmp_path) -> None
         out.mkdir()
         _build(tiny, teacher, features, out, cross=False, dtype=dtype)
         sizes[dtype] = sum(path.stat().st_size for path in out.glob("train-*"))
-        step = _step(tiny, student, HeadOnlyTeacher(TeacherCache(out).head()), cross=False)
+        step = _step(tiny, student, HeadOnlyTeacher(TeacherCache(out).head()), cross=False, cached=True)
         losses[dtype] = step(student, _collator(tiny, False, str(out))(features))[0].item()
     assert sizes["bfloat16"] < 0.6 * sizes["float32"]
     assert losses["bfloat16"] != losses["float32"]
@@ -156,7 +160,7 @@ def test_rows_paired_otherwise_than_cached_are_an_error(tiny, tmp_path) -> None:
     features = _features(tiny.tokenizer, tiny.data, rows=2)
     _build(tiny, teacher, features, tmp_path, cross=False)
     cross_teacher = AutoModelForCausalLM.from_pretrained(tiny.cross_teacher, dtype=torch.float32)
-    step = _step(tiny, student, HeadOnlyTeacher(output_head(cross_teacher).detach()), cross=True)
+    step = _step(tiny, student, HeadOnlyTeacher(output_head(cross_teacher).detach()), cross=True, cached=True)
     batch = _collator(tiny, True, str(tmp_path))(features)
     assert batch[CACHED_COUNTS].tolist() == [len([x for x in f["labels"][1:] if x != -100]) for f in features]
     with pytest.raises(TeacherCacheError, match="it was built with other alignment settings: rebuild it"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from axolotl_dskd.distill.finite import (
+from axolotl_dskd.errors import NonFiniteError
+from axolotl_dskd.finite import (
     bad_embedding_ids,
     check_head,
     check_metrics,
@@ -13,7 +14,6 @@ from axolotl_dskd.distill.finite import (
     non_finite_rows,
     teacher_rows_error,
 )
-from axolotl_dskd.errors import NonFiniteError
 
 
 def test_a_head_with_non_finite_rows_is_refused_naming_them() -> None:
