@@ -22,11 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from axolotl_dskd.commands import assets
+from axolotl_dskd.assets import fetch as assets
 from axolotl_dskd.commands.coverage import Aligner, load_named_tokenizer
 from axolotl_dskd.tokens.alignment import FlatSequences, align_flat
-from benchmarks.pairs import exact_pairs_batch
-from benchmarks.reference_eta import paper_eta
+from tests.oracles.pairs import exact_pairs_batch
+from tests.oracles.reference_eta import paper_eta
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 

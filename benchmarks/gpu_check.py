@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from axolotl_dskd.commands.assets import write_jsonl
+from axolotl_dskd.assets.fetch import write_jsonl
 from axolotl_dskd.commands.demo import CPU_SETTINGS, LORA_SETTINGS, demo_rows
 from benchmarks import gpu_kit
 

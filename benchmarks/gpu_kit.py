@@ -3,7 +3,7 @@ random weights.
 
 A GPU machine with no network cannot fetch our real models, and they are far over what a
 call carries (64 MiB). What does travel is a few MB: SmolLM2's and Qwen2's tokenizers
-(packed here, from the pinned packages `axolotl_dskd.commands.assets` fetches) and the
+(packed here, from the pinned packages `axolotl_dskd.assets.fetch` fetches) and the
 models' shapes (below, from their published configurations). There, `build` makes each
 model with random weights: the cross-tokenizer alignment is real, and memory and speed
 are those of the real shapes; the losses mean nothing (say so beside every number).
@@ -90,7 +90,7 @@ def shape(name: str) -> tuple[str, str, dict[str, Any]]:
 
 def pack(kit: Path) -> Path:
     """The two real tokenizers (with their chat templates) in one compressed archive."""
-    from axolotl_dskd.commands import assets
+    from axolotl_dskd.assets import fetch as assets
 
     kit.mkdir(parents=True, exist_ok=True)
     folders = {"smollm2": assets.smollm2_tokenizer(), "qwen2": assets.reference_tokenizer("qwen2")}

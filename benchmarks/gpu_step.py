@@ -13,8 +13,8 @@ Axolotl, flash-attn and the real models installed there).
    `DistillationStep` (pinv projector init included) vs SFT, each in its own process:
    tokens/s and peak GPU memory beside what `plan` estimates for the same settings.
 
-    python benchmarks/gpu_step.py [--rows 4096] [--batch 4] [--seq 1024] [--steps 10] [--out DIR]
-    python benchmarks/gpu_step.py --device cpu --rows 256 --batch 1 --seq 64 --steps 2   # smoke run
+    python -m benchmarks.gpu_step [--rows 4096] [--batch 4] [--seq 1024] [--steps 10] [--out DIR]
+    python -m benchmarks.gpu_step --device cpu --rows 256 --batch 1 --seq 64 --steps 2   # smoke run
 """
 
 from __future__ import annotations
@@ -33,16 +33,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from axolotl_dskd.collate.packing import packing_flags  # noqa: E402
-from axolotl_dskd.commands.plan import loss_chunk_buffer_bytes, plan  # noqa: E402
-from axolotl_dskd.loss.chunked import chunked_loss  # noqa: E402
-from axolotl_dskd.loss.config import LossConfig  # noqa: E402
-from axolotl_dskd.loss.heads import Heads  # noqa: E402
-from benchmarks.loss_memory import D_S, D_T, V_S, V_T  # noqa: E402
-from benchmarks.reference_loss import reference_dskd  # noqa: E402
+from axolotl_dskd.collate.packing import packing_flags
+from axolotl_dskd.loss.chunked import chunked_loss
+from axolotl_dskd.loss.config import LossConfig
+from axolotl_dskd.loss.heads import Heads
+from axolotl_dskd.planning.memory import loss_chunk_buffer_bytes, plan
+from benchmarks.loss_memory import D_S, D_T, V_S, V_T
+from tests.oracles.reference_loss import reference_dskd
 
 MIB = 2**20
 LORA_RANK = 16

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from axolotl_dskd.commands import assets
+from axolotl_dskd.assets import fetch as assets
 from axolotl_dskd.commands.demo import CPU_SETTINGS, LORA_SETTINGS, demo_rows, offline_env
 
 VARIANTS = ("sft", "pinv", "normal")

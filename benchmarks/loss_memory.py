@@ -35,7 +35,7 @@ def worker(variant: str, rows: int, chunk_size: int) -> None:
     from axolotl_dskd.loss.config import LossConfig
     from axolotl_dskd.loss.heads import Heads
     from axolotl_dskd.loss.projectors import T2SProjector
-    from benchmarks.reference_loss import reference_dskd
+    from tests.oracles.reference_loss import reference_dskd
 
     torch.manual_seed(0)
     student_hidden = torch.randn(rows, D_S, requires_grad=True)

@@ -30,8 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from axolotl.utils.samplers.multipack import MultipackBatchSampler  # noqa: E402
 
-from axolotl_dskd.commands import assets  # noqa: E402
-from axolotl_dskd.loss import IGNORE_INDEX  # noqa: E402
+from axolotl_dskd.assets import fetch as assets  # noqa: E402
+from axolotl_dskd.labels import IGNORE_INDEX  # noqa: E402
 from benchmarks.step_time import ALPACA  # noqa: E402
 from benchmarks.teacher_cache import collator_for, pair_models, train_step  # noqa: E402
 

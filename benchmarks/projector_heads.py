@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from axolotl_dskd.commands import assets
-from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, pinv_t2s_weight
+from axolotl_dskd.assets import fetch as assets
+from axolotl_dskd.loss.projectors import S2TMap, TokenPairs, pinv_t2s_weight
 from axolotl_dskd.tokens.vocab import VocabBridge, load_tokenizer
 
 
@@ -47,10 +47,10 @@ def main() -> None:
     for label, teacher_dir in (("SmolLM2 -> SmolLM2", student_dir), ("Qwen2.5-Coder-0.5B -> SmolLM2", qwen_dir)):
         student, teacher = output_head(student_dir), output_head(teacher_dir)
         if teacher_dir == student_dir:
-            vocab = SharedVocab.first_ids(student.shape[0])
+            vocab = TokenPairs.first_ids(student.shape[0])
         else:
             bridge = VocabBridge.build(load_tokenizer(str(student_dir)), load_tokenizer(str(teacher_dir)))
-            vocab = SharedVocab(bridge.shared_student_ids, bridge.shared_teacher_ids)
+            vocab = TokenPairs(bridge.shared_student_ids, bridge.shared_teacher_ids)
         student_rows, teacher_rows = student[vocab.student_ids], teacher[vocab.teacher_ids]
         t2s, _ = pinv_t2s_weight(student, teacher, vocab)
         stored = torch.linalg.pinv(teacher_rows)

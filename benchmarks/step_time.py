@@ -21,10 +21,10 @@ import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from axolotl_dskd.assets import fetch as assets  # noqa: E402
 from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.collate.packing import model_inputs, packing_flags  # noqa: E402
 from axolotl_dskd.collate.rows import DSKDRowCollator  # noqa: E402
-from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.distill.on_policy import OnPolicyConfig, sampled_batch  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
 from axolotl_dskd.distill.vocabulary import SharedVocabulary  # noqa: E402

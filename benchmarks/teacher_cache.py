@@ -35,9 +35,9 @@ from datasets import Dataset  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
+from axolotl_dskd.assets import fetch as assets  # noqa: E402
 from axolotl_dskd.collate.cross_tokenizer import DSKDCrossTokenizerCollator  # noqa: E402
 from axolotl_dskd.collate.rows import DSKDRowCollator  # noqa: E402
-from axolotl_dskd.commands import assets  # noqa: E402
 from axolotl_dskd.commands.cache_teacher import write_cache  # noqa: E402
 from axolotl_dskd.distill.step import DistillationStep  # noqa: E402
 from axolotl_dskd.distill.vocabulary import CrossVocabulary, SharedVocabulary  # noqa: E402

@@ -128,7 +128,7 @@ def test_corrupted_shard_stops_training_naming_the_file_and_a_rerun_rewrites_onl
 
 def test_truncated_shard_is_refused_before_any_model_loads(tiny, tmp_path) -> None:
     """Issue 27 (4): a truncated shard used to fail after the models loaded, without its name."""
-    from axolotl_dskd.integration.args import teacher_cache_settings
+    from axolotl_dskd.teacher.identity import teacher_cache_settings
     from tests.integration.test_args import _validate
 
     cache = tmp_path / "cache"

@@ -1,6 +1,7 @@
-"""The package's module-level imports form no cycle, and the pure layers stay pure:
-`loss/` and `tokens/` import nothing from Axolotl, the HF Trainer, the engines or the
-layers above them."""
+"""The package's imports form no cycle (between modules at module level, and between its
+rooms counting every import, function-level ones too), `commands/` is imported by nothing
+but the CLI, and the pure layers stay pure: `loss/` and `tokens/` import nothing from
+Axolotl, the HF Trainer, the engines or the layers above them."""
 
 from __future__ import annotations
 
@@ -29,6 +30,33 @@ def _imports() -> dict[str, set[str]]:
             elif isinstance(node, ast.Import):
                 found |= {alias.name for alias in node.names}
         graph[name] = {target for target in found if target in modules and target != name}
+    return graph
+
+
+def _room(module: str) -> str:
+    """The room a module lives in: its folder under the package, or its own name at the root."""
+    return module.split(".")[1] if module.count(".") >= 1 else module
+
+
+def _every_import(path: Path) -> set[str]:
+    """Every axolotl_dskd module `path` imports, anywhere in it (function level included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "axolotl_dskd":
+            found |= {f"axolotl_dskd.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("axolotl_dskd."):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("axolotl_dskd.")}
+    return found
+
+
+def _room_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        source = _room(_module_name(path))
+        targets = {_room(name) for name in _every_import(path) if name.count(".") >= 1}
+        graph.setdefault(source, set()).update(targets - {source})
     return graph
 
 
@@ -61,6 +89,29 @@ def test_module_level_imports_have_no_cycle() -> None:
     assert not cycles, cycles
 
 
+def test_rooms_have_no_cycle_counting_function_level_imports() -> None:
+    """The package root (`axolotl_dskd/__init__.py`, which loads the plugin on demand) aside."""
+    graph = {room: targets - {"axolotl_dskd"} for room, targets in _room_graph().items() if room != "axolotl_dskd"}
+    cycles = []
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(t == goal or (t not in seen and reaches(t, goal, seen | {t})) for t in graph.get(start, ()))
+
+    for room, targets in graph.items():
+        cycles += [(room, target) for target in targets if reaches(target, room, {target})]
+    assert not cycles, cycles
+
+
+def test_commands_are_imported_by_the_cli_alone() -> None:
+    importers = sorted(
+        _module_name(path)
+        for path in PACKAGE.rglob("*.py")
+        if _room(_module_name(path)) != "commands"
+        and any(name.startswith("axolotl_dskd.commands") for name in _every_import(path))
+    )
+    assert importers == [], importers
+
+
 def test_loss_and_tokens_import_no_framework_and_no_upper_layer() -> None:
     forbidden = ("axolotl.", "transformers.trainer", "accelerate", "deepspeed", "axolotl_dskd.engines")
     upper = ("axolotl_dskd.integration", "axolotl_dskd.collate", "axolotl_dskd.teacher", "axolotl_dskd.distill")
@@ -74,7 +125,7 @@ def test_the_loss_and_distillation_layers_load_without_axolotl() -> None:
     """Importing the package runs no Axolotl code until DSKDPlugin is asked for, so the
     GPU step check (benchmarks/gpu_step.py) runs where Axolotl is not installed."""
     code = (
-        "import sys; import axolotl_dskd.distill.step, axolotl_dskd.loss.chunked, axolotl_dskd.commands.plan; "
+        "import sys; import axolotl_dskd.distill.step, axolotl_dskd.loss.chunked, axolotl_dskd.planning.memory; "
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('axolotl', 'pydantic') "
         "or name == 'axolotl_dskd.integration.compat'))"
     )

@@ -14,7 +14,7 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from axolotl_dskd.commands.assets import gsm_symbolic_rows, write_jsonl
+from axolotl_dskd.assets.fetch import gsm_symbolic_rows, write_jsonl
 
 EOS = "<|endoftext|>"
 STUDENT_TEMPLATE = (

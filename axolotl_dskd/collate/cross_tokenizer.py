@@ -27,7 +27,7 @@ import torch
 
 from axolotl_dskd.collate.packing import bins_of, is_packed, packed_row
 from axolotl_dskd.collate.rows import DSKDRowCollator
-from axolotl_dskd.loss import IGNORE_INDEX
+from axolotl_dskd.labels import IGNORE_INDEX
 from axolotl_dskd.tokens.alignment import ByteVocab, FlatSequences, align_flat
 from axolotl_dskd.tokens.vocab import load_tokenizer, marker_free_table, token_bytes_table
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from axolotl_dskd.loss import IGNORE_INDEX
+from axolotl_dskd.labels import IGNORE_INDEX
 
 # attention implementations that isolate rows from position ids alone (transformers 5)
 ISOLATING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")

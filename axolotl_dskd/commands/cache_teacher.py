@@ -262,8 +262,8 @@ def cache_teacher(args: argparse.Namespace) -> int:
     from axolotl.common.datasets import load_datasets
     from axolotl.loaders import load_tokenizer
 
-    from axolotl_dskd.integration.args import teacher_cache_settings
     from axolotl_dskd.integration.plugin_entry import plugin_problem_in
+    from axolotl_dskd.teacher.identity import teacher_cache_settings
 
     problem = plugin_problem_in(args.config)
     if problem:

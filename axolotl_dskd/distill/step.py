@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from axolotl_dskd.collate.packing import PACKED
 from axolotl_dskd.distill.head_loss import HeadLoss
-from axolotl_dskd.distill.rows import Rows
+from axolotl_dskd.distill.positions import LossPositions
 from axolotl_dskd.distill.vocabulary import Vocabulary
 from axolotl_dskd.engines import Engine
 from axolotl_dskd.finite import check_head, check_metrics, check_projector_init
@@ -114,7 +114,7 @@ class DistillationStep(nn.Module):
         response row only enters the gold CE."""
         model_inputs = {k: v for k, v in inputs.items() if k not in NOT_STUDENT_INPUTS}
         # without the teacher no row pairs: the student's rows alone, as with one vocabulary
-        rows = self.vocabulary.rows(inputs) if with_teacher else Rows.build(inputs["labels"])
+        rows = self.vocabulary.rows(inputs) if with_teacher else LossPositions.build(inputs["labels"])
         outputs = model(**model_inputs, output_hidden_states=True, logits_to_keep=1, use_cache=False)
         student_hidden = outputs.hidden_states[-1]
         self.engine.before_loss(model)  # the loss reads the head and the projector outside forward

@@ -17,9 +17,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from axolotl_dskd.collate.packing import model_inputs
-from axolotl_dskd.distill.rows import Rows
+from axolotl_dskd.distill.positions import LossPositions
 from axolotl_dskd.errors import DSKDConfigError
-from axolotl_dskd.loss.projectors import SharedVocab
+from axolotl_dskd.loss.projectors import TokenPairs
 from axolotl_dskd.teacher.tokenizer import teacher_tokenizer
 from axolotl_dskd.tokens.vocab import VocabBridge, VocabularyComparison, compare_vocabularies
 
@@ -61,12 +61,12 @@ class SharedVocabulary:
         shared = min(self.size, self.teacher_size or self.size, student_head_rows, teacher_head_rows)
         return shared, shared
 
-    def projector_vocab(self, topk: int | None, head_vocab: tuple[int, int]) -> SharedVocab:
+    def projector_vocab(self, topk: int | None, head_vocab: tuple[int, int]) -> TokenPairs:
         """The first `topk` ids (all shared ones by default) for the pinv init."""
-        return SharedVocab.first_ids(min(topk or head_vocab[0], head_vocab[0]))
+        return TokenPairs.first_ids(min(topk or head_vocab[0], head_vocab[0]))
 
-    def rows(self, batch: dict[str, torch.Tensor]) -> Rows:
-        return Rows.build(batch["labels"])
+    def rows(self, batch: dict[str, torch.Tensor]) -> LossPositions:
+        return LossPositions.build(batch["labels"])
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,12 @@ class CrossVocabulary:
     def head_vocab(self, student_head_rows: int, teacher_head_rows: int) -> tuple[int, int]:
         return min(len(self.student), student_head_rows), min(len(self.teacher), teacher_head_rows)
 
-    def projector_vocab(self, topk: int | None, head_vocab: tuple[int, int]) -> SharedVocab:
+    def projector_vocab(self, topk: int | None, head_vocab: tuple[int, int]) -> TokenPairs:
         """The first `topk` byte-identical pairs (all by default) for the pinv init."""
-        return SharedVocab(self.bridge.shared_student_ids[:topk], self.bridge.shared_teacher_ids[:topk])
+        return TokenPairs(self.bridge.shared_student_ids[:topk], self.bridge.shared_teacher_ids[:topk])
 
-    def rows(self, batch: dict[str, torch.Tensor]) -> Rows:
-        return Rows.build(batch["labels"], batch["dskd_pairs"])
+    def rows(self, batch: dict[str, torch.Tensor]) -> LossPositions:
+        return LossPositions.build(batch["labels"], batch["dskd_pairs"])
 
 
 Vocabulary = SharedVocabulary | CrossVocabulary

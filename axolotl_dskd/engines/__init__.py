@@ -23,7 +23,7 @@ def select(accelerator: Accelerator) -> Engine:
         plugin = accelerator.state.deepspeed_plugin
         if plugin.zero_stage == 3:
             return ZeRO3(world_size, plugin.deepspeed_config)
-        return ZeRO(world_size)
+        return ZeRO(world_size, plugin.zero_stage)
     if accelerator.distributed_type == DistributedType.FSDP:
         return FSDP2(world_size)
     return DDP(world_size) if world_size > 1 else Engine()

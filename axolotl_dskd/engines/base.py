@@ -29,6 +29,11 @@ class Engine:
     synced_generation = False
     # the engine placed each rank's slice of a model while it loaded (ZeRO-3)
     places_models_on_load = False
+    # what the engine divides across ranks (the memory plan asks these)
+    shards_student_weights = False
+    shards_gradients = False
+    shards_optimizer_states = False
+    shards_teacher = False
 
     def __init__(self, world_size: int = 1) -> None:
         self.world_size = world_size

@@ -13,6 +13,8 @@ from axolotl_dskd.engines.owned_loss import OwnedLoss
 class FSDP2(OwnedLoss):
     name = "FSDP2"
     synced_generation = True
+    # the student (and the projector with it) is sharded; the teacher stays whole on each rank
+    shards_student_weights = shards_gradients = shards_optimizer_states = True
 
     def is_split(self, tensor: torch.Tensor) -> bool:
         return isinstance(tensor, DTensor)

@@ -101,9 +101,10 @@ class ZeRO3(ZeRO):
     name = "DeepSpeed ZeRO-3"
     synced_generation = True
     places_models_on_load = True  # HF loads each rank's slice under ZeRO-3
+    shards_student_weights = shards_teacher = True
 
     def __init__(self, world_size: int, deepspeed_config: dict[str, Any]) -> None:
-        super().__init__(world_size)
+        super().__init__(world_size, stage=3)
         self.deepspeed_config = deepspeed_config
         self._teacher_engine: object = None  # keeps the teacher's engine (and its gather hooks) alive
 

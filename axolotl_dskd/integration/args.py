@@ -17,15 +17,15 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 
 from axolotl_dskd.collate.packing import ISOLATING_ATTENTION
+from axolotl_dskd.engines.yaml_config import deepspeed_stage
 from axolotl_dskd.errors import DSKDConfigError
 from axolotl_dskd.integration.compat import FSDP_VERSION_WHEN_UNSET
-from axolotl_dskd.integration.deepspeed_config import deepspeed_stage
 from axolotl_dskd.integration.plugin_entry import entry_setting
 from axolotl_dskd.loss.config import NORMALIZATIONS, LossConfig
 from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig
 from axolotl_dskd.loss.objectives import OBJECTIVES
 from axolotl_dskd.teacher.cache import CACHE_DTYPES, Manifest, TeacherCacheError
-from axolotl_dskd.teacher.identity import local_path, teacher_identity
+from axolotl_dskd.teacher.identity import teacher_cache_settings
 from axolotl_dskd.teacher.tokenizer import HUB_ID
 from axolotl_dskd.tokens.vocab import VocabularyComparison, compare_vocabularies
 
@@ -405,25 +405,6 @@ def cross_reason(comparison: VocabularyComparison, teacher_path: str) -> str:
     if comparison.renamed:
         return f"{teacher_path!r} has another vocabulary"
     return f"the config adds {len(comparison.added)} token(s) the teacher lacks ({', '.join(comparison.added[:5])})"
-
-
-def teacher_cache_settings(cfg: Any) -> dict[str, Any]:
-    """Everything a teacher cache depends on besides the rows themselves: the teacher and
-    how it is held, both tokenizers, the teacher's rendering and the alignment."""
-    from axolotl_dskd.teacher.tokenizer import teacher_tokenizer_path
-
-    cross = bool(cfg.dskd_cross_tokenizer)
-    return teacher_identity(cfg) | {
-        "dskd_teacher_dtype": cfg.dskd_teacher_dtype,
-        "dskd_teacher_load_in_8bit": bool(cfg.dskd_teacher_load_in_8bit),
-        "dskd_teacher_load_in_4bit": bool(cfg.dskd_teacher_load_in_4bit),
-        "student_tokenizer": local_path(getattr(cfg, "tokenizer_config", None) or getattr(cfg, "base_model", None)),
-        "teacher_tokenizer": local_path(teacher_tokenizer_path(cfg)),
-        "dskd_teacher_chat_template": bool(cfg.dskd_teacher_chat_template),
-        "sequence_len": getattr(cfg, "sequence_len", None),
-        "dskd_cross_tokenizer": cross,
-        "dskd_alignment": cfg.dskd_alignment if cross else None,
-    }
 
 
 def check_teacher_cache(cfg: Any) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from axolotl_dskd.errors import DSKDConfigError
-from axolotl_dskd.loss import IGNORE_INDEX
+from axolotl_dskd.labels import IGNORE_INDEX
 
 ROWS_PER_READ = 1024
 

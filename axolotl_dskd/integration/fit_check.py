@@ -11,7 +11,7 @@ import torch
 from transformers import TrainerCallback
 
 from axolotl_dskd.distill.eval_mode import eval_mode_keeping_4bit
-from axolotl_dskd.teacher.fit import FIT_RECORD, TeacherFit
+from axolotl_dskd.teacher.fit_report import FIT_RECORD, TeacherFit
 
 LOG = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ LOG = logging.getLogger(__name__)
 
 def log_memory_plan(cfg: Any, processes: int) -> None:
     """The `axolotl-dskd plan` table, once, as training starts."""
-    from axolotl_dskd.commands.plan import plan
+    from axolotl_dskd.planning.memory import plan
 
     try:
         estimate = plan(cfg, gpus=processes)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from axolotl_dskd.loss.teacher_fit import gold_teacher_ids
+from axolotl_dskd.loss.fit_counts import gold_teacher_ids
 
 
 @dataclass

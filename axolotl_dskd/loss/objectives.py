@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from axolotl_dskd.loss import IGNORE_INDEX, closed_form
+from axolotl_dskd.labels import IGNORE_INDEX
+from axolotl_dskd.loss import closed_form
 from axolotl_dskd.loss.config import LossConfig
 from axolotl_dskd.loss.divergences import divergence
+from axolotl_dskd.loss.fit_counts import teacher_fit_counts
 from axolotl_dskd.loss.heads import Heads
-from axolotl_dskd.loss.teacher_fit import teacher_fit_counts
 from axolotl_dskd.loss.terms import Counts, LossTerms
 
 

@@ -26,14 +26,14 @@ from torch import nn
 
 
 @dataclass(frozen=True)
-class SharedVocab:
+class TokenPairs:
     """Vocabulary entries both heads are restricted to for the init (same order on both sides)."""
 
     student_ids: torch.Tensor
     teacher_ids: torch.Tensor
 
     @classmethod
-    def first_ids(cls, size: int) -> SharedVocab:
+    def first_ids(cls, size: int) -> TokenPairs:
         """Same tokenizer: ids 0..size-1 mean the same token on both sides."""
         ids = torch.arange(size)
         return cls(student_ids=ids, teacher_ids=ids)
@@ -91,7 +91,7 @@ def least_squares(
 
 
 def pinv_t2s_weight(
-    student_head: torch.Tensor, teacher_head: torch.Tensor, vocab: SharedVocab
+    student_head: torch.Tensor, teacher_head: torch.Tensor, vocab: TokenPairs
 ) -> tuple[torch.Tensor, float]:
     """Least-squares t2s weight [d, D] and its relative logit error on the shared vocab.
 
@@ -108,7 +108,7 @@ class T2SProjector(nn.Linear):
         super().__init__(teacher_hidden, student_hidden, bias=False, dtype=torch.float32)
 
     @torch.no_grad()
-    def init_pinv(self, student_head: torch.Tensor, teacher_head: torch.Tensor, vocab: SharedVocab) -> float:
+    def init_pinv(self, student_head: torch.Tensor, teacher_head: torch.Tensor, vocab: TokenPairs) -> float:
         """Set the weight to the pseudo-inverse solution; return the relative init error."""
         weight, rel_error = pinv_t2s_weight(student_head, teacher_head, vocab)
         self.weight.copy_(weight.to(self.weight.device))
@@ -124,7 +124,7 @@ class S2TMap:
     multiply-adds as the [D, V] x [V, d] product a stored pinv(W_t) would cost.
     """
 
-    def __init__(self, teacher_head: torch.Tensor, vocab: SharedVocab) -> None:
+    def __init__(self, teacher_head: torch.Tensor, vocab: TokenPairs) -> None:
         self.vocab = vocab
         self.teacher_gram_pinv = gram_pinv(teacher_head, vocab.teacher_ids)  # [D, D], float64
         self._cached: torch.Tensor | None = None

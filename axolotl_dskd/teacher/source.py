@@ -30,7 +30,7 @@ class LiveTeacher:
 
     @torch.no_grad()
     def rows(self, teacher: nn.Module, batch: dict[str, torch.Tensor], rows: Any, vocabulary: Any) -> torch.Tensor:
-        """The teacher's hidden rows at `rows` (the step's Rows), from a forward pass over
+        """The teacher's hidden rows at `rows` (the step's LossPositions), from a forward pass over
         the vocabulary's teacher view of the batch."""
         teacher_inputs = vocabulary.teacher_inputs(batch, output_head(teacher).device)
         teacher_rows = rows.teacher_rows(last_hidden_state(teacher, teacher_inputs))

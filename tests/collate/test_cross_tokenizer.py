@@ -10,7 +10,7 @@ import pytest
 
 from axolotl_dskd.collate.cross_tokenizer import IGNORE_INDEX, DSKDCrossTokenizerCollator
 from axolotl_dskd.tokens.vocab import token_bytes_table
-from benchmarks.pairs import eta_strict_pairs, exact_pairs
+from tests.oracles.pairs import eta_strict_pairs, exact_pairs
 
 PROMPTS = ["Q: Janet has 3 apples.\nA:", "Q: Le café coûte 4,50 €?\nA:", "Q: 日本語 🎉\tok\nA:"]
 ANSWERS = [" She has 15 apples.\n#### 15", " Ça coûte cher.", " def f(x):\n    return x"]

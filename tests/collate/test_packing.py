@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from axolotl_dskd.collate.packing import model_inputs, packed_row, packing_flags, sub_rows
 from axolotl_dskd.distill.on_policy import prompts
-from axolotl_dskd.distill.rows import Rows
+from axolotl_dskd.distill.positions import LossPositions
 from axolotl_dskd.teacher.cache import HeadOnlyTeacher, TeacherCache
 from axolotl_dskd.teacher.loading import last_hidden_state
 from tests.teacher.test_cache import CROSS, _build, _collator, _features, _loss_and_grads, _step, _teacher_dir
@@ -79,7 +79,7 @@ def test_packed_rows_give_every_loss_term_and_gradient_of_the_unpacked_rows(tiny
 def _later_rows_outputs(student, teacher, batch, first_row_length: int, cross: bool):
     """Student and teacher hidden rows of every scored token after the first packed row:
     all a token's loss terms are functions of these two rows, its label and the projector."""
-    rows = Rows.build(batch["labels"], batch["dskd_pairs"] if cross else None)
+    rows = LossPositions.build(batch["labels"], batch["dskd_pairs"] if cross else None)
     with torch.no_grad():
         student_hidden = student(
             **model_inputs(batch, "", student.device), output_hidden_states=True, use_cache=False

@@ -11,7 +11,7 @@ from axolotl.utils.dict import DictDefault
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.commands.plan import GIB, model_shape, plan
+from axolotl_dskd.planning.memory import GIB, model_shape, plan
 from tests.tiny import base_config, lora, run_cli
 
 

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from axolotl_dskd.collate.packing import model_inputs, packing_flags
-from axolotl_dskd.distill.rows import Rows
+from axolotl_dskd.distill.positions import LossPositions
 from axolotl_dskd.distill.step import DistillationStep
 from axolotl_dskd.distill.vocabulary import SharedVocabulary
 from axolotl_dskd.loss.chunked import chunked_loss
@@ -46,7 +46,7 @@ def models(tiny):
 
 def _term_loss(step: DistillationStep, student, batch, term: str) -> torch.Tensor:
     """One loss term alone, differentiable (its weight 1, every other term's 0)."""
-    rows = Rows.build(batch["labels"])
+    rows = LossPositions.build(batch["labels"])
     hidden = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     teacher_hidden = last_hidden_state(step.teacher, model_inputs(batch, "", step.teacher.device))
     only_term = LossTerms(*(float(name == term) for name in LossTerms.names()))

@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from axolotl_dskd.commands.assets import write_jsonl
+from axolotl_dskd.assets.fetch import write_jsonl
 from tests.tiny import base_config, cli_env, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]

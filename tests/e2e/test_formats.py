@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from axolotl_dskd.commands.assets import gsm_symbolic_rows, write_jsonl
+from axolotl_dskd.assets.fetch import gsm_symbolic_rows, write_jsonl
 from tests.tiny import base_config, log_history, lora, run_cli
 
 pytestmark = pytest.mark.e2e
@@ -192,7 +192,7 @@ def test_format_trains_with_the_dskd_terms(tiny, tmp_path, dataset_format, teach
 def test_think_tokens_on_the_real_pair(tmp_path) -> None:
     """SmolLM2-135M-Instruct teaching its first 8 layers, `<think>` tokens added: the
     reasoning-style config that crashed the teacher's embedding before."""
-    from axolotl_dskd.commands import assets
+    from axolotl_dskd.assets import fetch as assets
 
     teacher = assets.smollm2_instruct()
     student = assets.truncated_copy(teacher, assets.CUT_STUDENT_LAYERS)

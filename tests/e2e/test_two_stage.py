@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from axolotl_dskd.commands.assets import write_jsonl
+from axolotl_dskd.assets.fetch import write_jsonl
 from tests.tiny import base_config, lora, run_cli
 
 pytestmark = pytest.mark.e2e

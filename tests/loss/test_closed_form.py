@@ -11,7 +11,7 @@ from axolotl_dskd.loss.divergences import DivergenceConfig
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.objectives import DSKD, OBJECTIVES
 from axolotl_dskd.loss.terms import LossTerms
-from benchmarks.reference_loss import reference_dskd
+from tests.oracles.reference_loss import reference_dskd
 
 ROWS, HIDDEN, V_S, V_T, REAL_VOCAB = 11, 8, 30, 34, 29
 

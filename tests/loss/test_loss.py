@@ -12,7 +12,7 @@ from axolotl_dskd.loss.divergences import DIVERGENCES, DivergenceConfig, diverge
 from axolotl_dskd.loss.heads import Heads
 from axolotl_dskd.loss.normaliser import divided_weights, pair_counts
 from axolotl_dskd.loss.projectors import T2SProjector
-from benchmarks.reference_loss import reference_dskd, reference_paper
+from tests.oracles.reference_loss import reference_dskd, reference_paper
 
 ROWS, D_S, D_T, V_S, V_T, REAL_VOCAB = 13, 6, 10, 30, 34, 30
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from axolotl_dskd.loss.projectors import S2TMap, SharedVocab, T2SProjector, pinv_t2s_weight
+from axolotl_dskd.loss.projectors import S2TMap, T2SProjector, TokenPairs, pinv_t2s_weight
 
 D_STUDENT, D_TEACHER, VOCAB = 8, 12, 40
 
@@ -15,7 +15,7 @@ def _heads(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_t2s_logit_identity_when_student_head_is_invertible_on_the_used_vocab() -> None:
     student_head, teacher_head = _heads()
-    vocab = SharedVocab.first_ids(D_STUDENT)  # square, invertible student head on these ids
+    vocab = TokenPairs.first_ids(D_STUDENT)  # square, invertible student head on these ids
     projector = T2SProjector(D_TEACHER, D_STUDENT)
     rel_error = projector.init_pinv(student_head, teacher_head, vocab)
     teacher_hidden = torch.randn(5, D_TEACHER)
@@ -27,7 +27,7 @@ def test_t2s_logit_identity_when_student_head_is_invertible_on_the_used_vocab() 
 def test_t2s_logit_identity_over_the_whole_vocab_when_teacher_head_lies_in_student_row_space() -> None:
     student_head, _ = _heads()
     teacher_head = student_head @ torch.randn(D_STUDENT, D_TEACHER)
-    weight, rel_error = pinv_t2s_weight(student_head, teacher_head, SharedVocab.first_ids(VOCAB))
+    weight, rel_error = pinv_t2s_weight(student_head, teacher_head, TokenPairs.first_ids(VOCAB))
     teacher_hidden = torch.randn(5, D_TEACHER)
     assert torch.allclose(teacher_hidden @ weight.T @ student_head.T, teacher_hidden @ teacher_head.T, atol=1e-3)
     assert rel_error < 1e-5
@@ -35,21 +35,21 @@ def test_t2s_logit_identity_over_the_whole_vocab_when_teacher_head_lies_in_stude
 
 def test_init_error_is_reported_when_identity_cannot_hold() -> None:
     student_head, teacher_head = _heads()
-    _, rel_error = pinv_t2s_weight(student_head, teacher_head, SharedVocab.first_ids(VOCAB))
+    _, rel_error = pinv_t2s_weight(student_head, teacher_head, TokenPairs.first_ids(VOCAB))
     assert 0.3 < rel_error < 1.0  # random heads: a least-squares fit, far from exact, never worse than 0
 
 
 def test_s2t_logit_identity_and_cache_follows_head_trainability() -> None:
     _, teacher_head = _heads()
     student_head = teacher_head @ torch.randn(D_TEACHER, D_STUDENT)  # student rows in teacher row space
-    s2t = S2TMap(teacher_head, SharedVocab.first_ids(VOCAB))
+    s2t = S2TMap(teacher_head, TokenPairs.first_ids(VOCAB))
     weight = s2t.weight(student_head, teacher_head)
     student_hidden = torch.randn(5, D_STUDENT)
     assert torch.allclose(student_hidden @ weight.T @ teacher_head.T, student_hidden @ student_head.T, atol=1e-3)
     assert s2t.weight(student_head, teacher_head) is weight  # frozen head: computed once
 
     trainable = torch.nn.Parameter(student_head.clone())
-    s2t_trainable = S2TMap(teacher_head, SharedVocab.first_ids(VOCAB))
+    s2t_trainable = S2TMap(teacher_head, TokenPairs.first_ids(VOCAB))
     first = s2t_trainable.weight(trainable, teacher_head)
     with torch.no_grad():
         trainable.mul_(2)
@@ -84,7 +84,7 @@ def test_normal_equations_equal_the_explicit_pinv(kind: str) -> None:
     if kind == "tall_bf16":
         student, teacher = student.bfloat16(), teacher.bfloat16()
     ids = torch.arange(vocab)
-    shared = SharedVocab(ids, ids)
+    shared = TokenPairs(ids, ids)
     weight, rel_error = pinv_t2s_weight(student, teacher, shared)
     expected = _reference_pinv(student.float(), teacher.float())
     assert (weight - expected).norm() / expected.norm() < 1e-5
@@ -100,7 +100,7 @@ def test_maps_read_the_vocabulary_in_chunks_and_keep_nothing_vocabulary_sized(mo
     from axolotl_dskd.loss import projectors
 
     student_head, teacher_head = _heads()
-    vocab = SharedVocab.first_ids(VOCAB)
+    vocab = TokenPairs.first_ids(VOCAB)
     whole, _ = pinv_t2s_weight(student_head, teacher_head, vocab)
     monkeypatch.setattr(projectors, "ROWS_PER_CHUNK", 7)  # 40 rows in 6 chunks
     chunked, _ = pinv_t2s_weight(student_head, teacher_head, vocab)

@@ -184,7 +184,7 @@ def test_incomplete_and_stale_caches_are_refused(tiny, tmp_path) -> None:
 
 def _manifest_for(tiny, tmp_path, **changes) -> str:
     """A cache folder whose manifest records the settings of the test config, changed."""
-    from axolotl_dskd.integration.args import teacher_cache_settings
+    from axolotl_dskd.teacher.identity import teacher_cache_settings
     from tests.integration.test_args import _validate
 
     settings = teacher_cache_settings(_validate(tiny, tmp_path)) | changes

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from axolotl_dskd.tokens.alignment import byte_spans
 from axolotl_dskd.tokens.vocab import token_bytes_table
-from benchmarks.pairs import eta_strict_pairs, exact_pairs
-from benchmarks.reference_eta import paper_eta
+from tests.oracles.pairs import eta_strict_pairs, exact_pairs
+from tests.oracles.reference_eta import paper_eta
 from tests.tiny import build_tokenizer
 
 
@@ -114,7 +114,7 @@ def test_exact_keeps_aligning_after_a_newline_where_eta_strict_stops() -> None:
 @given(texts=st.lists(TEXT, min_size=1, max_size=6))
 def test_batch_exact_equals_one_by_one(pair, texts: list[str]) -> None:
     from axolotl_dskd.tokens.alignment import ByteVocab
-    from benchmarks.pairs import exact_pairs_batch
+    from tests.oracles.pairs import exact_pairs_batch
 
     big, small, big_table, small_table = pair
     student = [big(text, add_special_tokens=False)["input_ids"] + [big.eos_token_id] for text in texts]
@@ -136,7 +136,7 @@ def test_batch_exact_equals_one_by_one(pair, texts: list[str]) -> None:
 
 def test_nothing_pairs_past_the_byte_where_a_stream_stops_spelling_the_text() -> None:
     from axolotl_dskd.tokens.alignment import ByteVocab
-    from benchmarks.pairs import exact_pairs_batch
+    from tests.oracles.pairs import exact_pairs_batch
 
     student_table = [b"ab", b"c", b"d", None]
     teacher_table = [b"a", b"b", b"cX", b"d", None]  # 'cX': a normalizer rewrote the text

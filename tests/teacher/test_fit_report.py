@@ -2,7 +2,7 @@
 
 import json
 
-from axolotl_dskd.teacher.fit import TeacherFit
+from axolotl_dskd.teacher.fit_report import TeacherFit
 
 
 def _fit(teacher_acc: float, teacher_ce: float, student_ce: float = 2.0) -> TeacherFit:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from axolotl_dskd.loss import IGNORE_INDEX
+from axolotl_dskd.labels import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
-class Rows:
+class LossPositions:
     """Response positions that enter the loss, in the causal-shift coordinates of
     labels[:, 1:]: student rows paired with a teacher row first, then unpaired ones."""
 
@@ -20,7 +20,7 @@ class Rows:
     labels: torch.Tensor  # gold student label per student row
 
     @classmethod
-    def build(cls, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> Rows:
+    def build(cls, labels: torch.Tensor, pairs: torch.Tensor | None = None) -> LossPositions:
         """Same vocabulary (`pairs` None): every response row pairs with itself."""
         targets = labels[:, 1:]
         trained = targets != IGNORE_INDEX

@@ -1,0 +1,1 @@
+"""The memory plan: what the plugin logs as training starts and `axolotl-dskd plan` prints."""
