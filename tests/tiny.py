@@ -151,6 +151,13 @@ def train(args: list[str], cfg: dict[str, Any], workdir: Path) -> Path:
     return Path(cfg["output_dir"])
 
 
+def refused(args: list[str], cfg: dict[str, Any], workdir: Path) -> str:
+    """Run `args` on `cfg`, which must fail; return what it wrote to stderr."""
+    result = run_cli(args, cfg, workdir)
+    assert result.returncode != 0, result.stdout[-3000:]
+    return result.stderr
+
+
 def log_history(run_dir: Path) -> list[dict]:
     """The trainer's log history, from the run's last checkpoint."""
     last = max(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
