@@ -230,7 +230,7 @@ DSKDTrainingArgsMixin = dataclasses.make_dataclass(
 def unknown_key_message(key: str, known: tuple[str, ...]) -> str:
     """One line naming the unknown key and the closest known one."""
     closest = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {closest[0]}?" if closest else "see the README's key reference"
+    hint = f"did you mean {closest[0]}?" if closest else "see docs/configuration.md"
     return f"{key}: not a key of the DSKD plugin; {hint}"
 
 

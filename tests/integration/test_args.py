@@ -75,7 +75,7 @@ BAD_SETTINGS = [
     ({"dskd_on_policy_start_step": -1}, "dskd_on_policy_start_step: -1 must be >= 0"),
     ({"dskd_on_policy_top_k": -5}, "dskd_on_policy_top_k: -5 must be >= 0"),
     ({"dskd_temprature": 4.0}, "dskd_temprature: not a key of the DSKD plugin; did you mean dskd_temperature?"),
-    ({"dskd_zzz": 1}, "dskd_zzz: not a key of the DSKD plugin; see the README's key reference"),
+    ({"dskd_zzz": 1}, "dskd_zzz: not a key of the DSKD plugin; see docs/configuration.md"),
     ({"dskd_teacher_dtype": "int8"}, "dskd_teacher_dtype: 'int8' is not supported; use one of: auto, float32,"),
     (
         {"dskd_teacher_load_in_4bit": True, "dskd_teacher_load_in_8bit": True},
