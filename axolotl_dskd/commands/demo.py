@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,11 @@ def offline_env() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as transformers_logging
+
+    # fetching and converting the models: their loading bars and notes would bury the demo's lines
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = demo_config(out, args.steps, args.seed)
@@ -113,13 +119,45 @@ def run(args: argparse.Namespace) -> int:
     print(coverage_line(Path(config["datasets"][0]["path"])))
     if args.no_train:
         return 0
-    trained = subprocess.run(["axolotl", "train", str(config_path)], env=offline_env()).returncode
+    log = out / "train.log"
+    print(f"axolotl-dskd demo: training; Axolotl's and the libraries' output goes to {log}")
+    trained = train_quietly(config_path, log, args.steps)
     if trained != 0:
+        print(f"axolotl-dskd demo: training failed (exit {trained}); the end of {log}:")
+        print("\n".join(log.read_text().splitlines()[-30:]))
         return trained
     print(fit_line(Path(config["output_dir"])))
     if args.held_out_rows:
         print(before_after(config, out, args.held_out_rows))
     return 0
+
+
+# how often the terminal shows a training step's loss (every step goes to the log)
+PROGRESS_EVERY = 8
+LOSS_ENTRY = re.compile(r"\{'loss': '?([0-9.e+-]+|nan)'?.*?'kd_loss': '?([0-9.e+-]+|nan)'?")
+
+
+def train_quietly(config_path: Path, log: Path, steps: int) -> int:
+    """`axolotl train` with its whole output in `log`; the terminal keeps the plugin's own
+    lines (`dskd: ...`, warnings included) and the loss every PROGRESS_EVERY steps."""
+    command = ["axolotl", "train", str(config_path)]
+    logged_steps = 0
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for line in process.stdout:
+            handle.write(line)
+            for piece in line.split("\r"):
+                losses = LOSS_ENTRY.search(piece)
+                if losses and "eval_" not in piece:
+                    logged_steps += 1
+                    if logged_steps % PROGRESS_EVERY == 0 or logged_steps == steps:
+                        loss, kd_loss = losses.groups()
+                        print(f"  step {logged_steps}/{steps}: loss {loss}, kd_loss {kd_loss}", flush=True)
+                elif "] dskd: " in piece and "memory plan" not in piece:
+                    print("  " + piece.strip().split("] ", 2)[-1], flush=True)
+        return process.wait()
 
 
 def coverage_line(train_data: Path) -> str:
@@ -152,12 +190,8 @@ def fit_line(run_dir: Path) -> str:
 def before_after(config: dict[str, Any], out: Path, rows: int) -> str:
     """The student before and after, and the teacher, on held-out problems never trained
     on: greedy answers, accuracy % (the last number of the answer is the result)."""
-    from transformers.utils import logging as transformers_logging
-
     from axolotl_dskd.commands.evaluate import evaluate
 
-    transformers_logging.set_verbosity_error()  # three model loads' bars and notes would bury the table
-    transformers_logging.disable_progress_bar()
     _, held_out = demo_rows()
     data = assets.write_jsonl(held_out[:rows], out / "held_out.jsonl")
     models = {
