@@ -23,8 +23,7 @@ def test_the_readme_is_a_landing_page_whose_links_resolve() -> None:
 
 
 def test_no_page_carries_our_work_history() -> None:
-    """results.md still tells its rounds by session (its restructuring by question is open)."""
-    pages = [ROOT / "README.md", *sorted(path for path in (ROOT / "docs").glob("*.md") if path.name != "results.md")]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     found = {page.name: HISTORY.findall(page.read_text()) for page in pages}
     assert {name: hits for name, hits in found.items() if hits} == {}
 
