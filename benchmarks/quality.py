@@ -56,6 +56,7 @@ import yaml
 from axolotl_dskd.assets import fetch as assets
 from axolotl_dskd.assets.arithmetic import chat, chat_rows, eval_rows, problems
 from axolotl_dskd.commands.demo import CPU_SETTINGS, LORA_SETTINGS, offline_env
+from axolotl_dskd.commands.paired import paired_gap
 from axolotl_dskd.integration.resume import checkpoints
 
 BIN = Path(sys.executable).parent
@@ -504,10 +505,8 @@ def prompt_gain(report: dict[str, Any], out: Path, arm: str, baseline: str, draw
         ]
         for seed in shared
     ]
-    differences = [statistics.mean(column) for column in zip(*per_seed, strict=True)]
-    rng = random.Random(0)
-    means = sorted(statistics.mean(rng.choices(differences, k=len(differences))) for _ in range(draws))
-    return statistics.mean(differences), means[int(0.025 * draws)], means[int(0.975 * draws) - 1]
+    gap = paired_gap(per_seed, draws)
+    return gap.mean, gap.low, gap.high
 
 
 def prompt_scores(out: Path, label: str) -> list[float]:

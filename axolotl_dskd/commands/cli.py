@@ -159,6 +159,12 @@ def add_eval_parser(commands: Any) -> None:
     parser.set_defaults(handler=evaluate)
 
 
+def add_compare_parser(commands: Any) -> None:
+    from axolotl_dskd.commands.compare import add_compare_parser as add
+
+    add(commands)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="axolotl-dskd", description=__doc__)
@@ -178,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     align_parser.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
     align_parser.set_defaults(handler=align)
     add_eval_parser(commands)
+    add_compare_parser(commands)
     fit_parser = commands.add_parser("teacher-fit", help="score teacher and student on training rows, no training")
     fit_parser.add_argument("config", help="the Axolotl YAML of the DSKD run")
     fit_parser.add_argument("--rows", type=int, help="training rows to score (default: dskd_teacher_fit_rows or 64)")
