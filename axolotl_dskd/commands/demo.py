@@ -116,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     config_path = out / "config.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"axolotl-dskd demo: wrote {config_path}")
+    _, held_out = demo_rows()
+    held_out_chat = assets.write_jsonl(
+        [arithmetic.chat(row["instruction"], row["output"]) for row in held_out], out / "held_out_chat.jsonl"
+    )
     print(coverage_line(Path(config["datasets"][0]["path"])))
     if args.no_train:
         return 0
@@ -129,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     print(fit_line(Path(config["output_dir"])))
     if args.held_out_rows:
         print(before_after(config, out, args.held_out_rows))
+    print(
+        "axolotl-dskd demo: does DSKD beat plain fine-tuning on these problems? "
+        f"axolotl-dskd compare {config_path} --held-out {held_out_chat}"
+    )
     return 0
 
 
