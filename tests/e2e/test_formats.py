@@ -133,14 +133,13 @@ def chat_added_pad_only(folder: Path) -> tuple[list[dict], dict]:
     return [dataset], {"special_tokens": {"pad_token": "<|end_of_text|>"}}
 
 
-# (format, teacher, the vocabulary line the run must log); plain alpaca runs in test_e2e.py
+# (format, teacher, the vocabulary line the run must log); plain alpaca runs in test_e2e.py, and
+# across tokenizers the formats whose text the collator rebuilds differently (segments, templates, eval)
 CASES = [
     (alpaca_phi, "same", SHARED),
-    (alpaca_phi, "cross", CROSS),
     (alpaca_train_on_inputs, "same", SHARED),
     (alpaca_eval_split, "cross", CROSS),
     (completion, "same", SHARED),
-    (completion, "cross", CROSS),
     (input_output, "same", SHARED),
     (input_output, "cross", CROSS),
     (chat_tokenizer_template, "same", SHARED),
@@ -148,7 +147,6 @@ CASES = [
     (chat_gemma3_style, "cross", CROSS),
     (chat_llama3_style, "same", ADDED_AS_TEXT.format("<|eot_id|>, <|end_of_text|>")),
     (chat_with_think_tokens, "same", ADDED_AS_TEXT.format("<think>, </think>")),
-    (chat_with_think_tokens, "cross", CROSS),
     (chat_mixtral_style, "same", ADDED_AS_TEXT.format("<|im_end|>, <|im_start|>")),
     (chat_added_pad_only, "same", "the teacher reads its own pad"),
 ]
