@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import re
@@ -110,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     # fetching and converting the models: their loading bars and notes would bury the demo's lines
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    # the plugin's own lines (downloads, conversions) on the terminal, beside the demo's
+    own_lines = logging.StreamHandler(sys.stdout)
+    own_lines.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("axolotl_dskd").addHandler(own_lines)
+    logging.getLogger("axolotl_dskd").propagate = False
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = demo_config(out, args.steps, args.seed)
