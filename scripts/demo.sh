@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p outputs
 setup_log="$PWD/outputs/demo-setup.log"
-echo "demo: setting up .venv-axolotl-${DSKD_AXOLOTL:-<newest>} (pip's output: $setup_log)"
+echo "demo: setting up the venv and this package (pip's output: $setup_log)"
 trap 'tail -n 30 "$setup_log" >&2; echo "demo: setting up failed; the whole log: $setup_log" >&2' ERR
 DSKD_EXTRAS=demo source scripts/env.sh >"$setup_log" 2>&1
 trap - ERR

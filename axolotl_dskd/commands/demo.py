@@ -148,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
 
 # how often the terminal shows a training step's loss (every step goes to the log)
 PROGRESS_EVERY = 8
+# the plugin's lines whose content the demo prints itself, or that are tables for the log
+QUIET_LINES = ("memory plan", "teacher fit before training")
 LOSS_ENTRY = re.compile(r"\{'loss': '?([0-9.e+-]+|nan)'?.*?'kd_loss': '?([0-9.e+-]+|nan)'?")
 
 
@@ -155,7 +157,7 @@ def train_quietly(config_path: Path, log: Path, steps: int) -> int:
     """`axolotl train` with its whole output in `log`; the terminal keeps the plugin's own
     lines (`dskd: ...`, warnings included) and the loss every PROGRESS_EVERY steps."""
     command = ["axolotl", "train", str(config_path)]
-    logged_steps = 0
+    logged_steps, last_shown = 0, ""
     with log.open("w") as handle:
         process = subprocess.Popen(
             command, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -169,8 +171,12 @@ def train_quietly(config_path: Path, log: Path, steps: int) -> int:
                     if logged_steps % PROGRESS_EVERY == 0 or logged_steps == steps:
                         loss, kd_loss = losses.groups()
                         print(f"  step {logged_steps}/{steps}: loss {loss}, kd_loss {kd_loss}", flush=True)
-                elif "] dskd: " in piece and "memory plan" not in piece:
-                    print("  " + piece.strip().split("] ", 2)[-1], flush=True)
+                elif "] dskd: " in piece and not any(skip in piece for skip in QUIET_LINES):
+                    level = "warning: " if "[WARNING]" in piece else ""
+                    shown = level + piece.strip()[piece.strip().index("dskd: ") :]
+                    if shown != last_shown:  # Axolotl runs its post-train hook twice
+                        print("  " + shown, flush=True)
+                    last_shown = shown
         return process.wait()
 
 
@@ -238,7 +244,7 @@ def before_after(config: dict[str, Any], out: Path, rows: int) -> str:
         lines.append(f"  {label:<42} {evaluate(settings)['accuracy']:6.1f}")
     lines.append(
         "The student learned the task from the training rows and the teacher's distributions, across two\n"
-        "tokenizers. Whether the teacher adds anything beyond the rows themselves (DSKD vs plain SFT,\n"
-        "over seeds): docs/results.md."
+        "tokenizers. Whether the teacher adds anything beyond the rows themselves (DSKD vs plain SFT on\n"
+        "the same rows and seeds): the compare command below, and docs/results.md."
     )
     return "\n".join(lines)
