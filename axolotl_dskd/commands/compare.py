@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from axolotl_dskd.commands.demo import offline_env
 from axolotl_dskd.commands.paired import paired_gap, verdict
 from axolotl_dskd.integration.plugin_entry import names_dskd_plugin
 
@@ -38,6 +39,8 @@ from axolotl_dskd.integration.plugin_entry import names_dskd_plugin
 MIN_HELD_OUT_ROWS = 50
 ARMS = ("dskd", "sft", "vanilla_kd")
 TASKS = ("ce", "rouge", "exact_match", "gsm")
+# compare's flags that a generated task hands to `axolotl-dskd eval` as they are
+GENERATION_ARGS = ("task", "prompt_format", "prompt_field", "input_field", "answer_field", "max_new_tokens")
 
 
 class CompareError(ValueError):
@@ -148,7 +151,8 @@ def train(cfg: dict[str, Any], path: Path) -> tuple[float, float | None]:
     log = path.with_suffix(".log")
     started = time.monotonic()
     with log.open("w") as handle:
-        code = subprocess.run(["axolotl", "train", str(path)], stdout=handle, stderr=subprocess.STDOUT).returncode
+        command = ["axolotl", "train", str(path)]
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=offline_env()).returncode
     seconds = time.monotonic() - started
     if code != 0:
         tail = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
@@ -218,30 +222,12 @@ def tokenized_held_out(cfg: dict[str, Any], split: Split, out: Path) -> list[dic
 
 def generated_scores(args: argparse.Namespace, split: Split, out: Path, label: str, model: str, adapter: str | None):
     """Each held-out row's score from greedy answers (`axolotl-dskd eval`'s tasks)."""
-    from axolotl_dskd.commands.evaluate import evaluate
+    from axolotl_dskd.commands.evaluate import evaluate, greedy_settings
 
     predictions = out / "predictions" / f"{label}.jsonl"
     predictions.parent.mkdir(parents=True, exist_ok=True)
-    settings = argparse.Namespace(
-        model=model,
-        adapter=adapter,
-        data=str(split.held_out),
-        task=args.task,
-        prompt_format=args.prompt_format,
-        prompt_field=args.prompt_field,
-        input_field=args.input_field,
-        answer_field=args.answer_field,
-        limit=None,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=8,
-        temperature=0.0,
-        top_p=1.0,
-        top_k=0,
-        seed=42,
-        dtype="float32",
-        progress=False,
-        predictions=str(predictions),
-    )
+    passed = {name: getattr(args, name) for name in GENERATION_ARGS} | {"predictions": str(predictions)}
+    settings = greedy_settings(model=model, adapter=adapter, data=str(split.held_out), batch_size=8, **passed)
     evaluate(settings)
     return [json.loads(line)["score"] for line in predictions.read_text().splitlines()]
 

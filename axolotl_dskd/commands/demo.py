@@ -210,7 +210,7 @@ def fit_line(run_dir: Path) -> str:
 def before_after(config: dict[str, Any], out: Path, rows: int) -> str:
     """The student before and after, and the teacher, on held-out problems never trained
     on: greedy answers, accuracy % (the last number of the answer is the result)."""
-    from axolotl_dskd.commands.evaluate import evaluate
+    from axolotl_dskd.commands.evaluate import evaluate, greedy_settings
 
     _, held_out = demo_rows()
     data = assets.write_jsonl(held_out[:rows], out / "held_out.jsonl")
@@ -221,24 +221,16 @@ def before_after(config: dict[str, Any], out: Path, rows: int) -> str:
     }
     lines = [f"\nheld-out arithmetic ({min(rows, len(held_out))} problems never trained on), greedy, accuracy %:"]
     for label, (model, adapter) in models.items():
-        settings = argparse.Namespace(
+        settings = greedy_settings(
             model=model,
             adapter=adapter,
             data=str(data),
             task="gsm",
             prompt_format="chat",
             prompt_field="instruction",
-            input_field="input",
             answer_field="answer",
-            limit=None,
             max_new_tokens=MAX_NEW_TOKENS,
             batch_size=25,
-            temperature=0.0,
-            top_p=1.0,
-            top_k=0,
-            seed=42,
-            dtype="float32",
-            progress=False,
             predictions=str(out / f"held_out-{label.split(' (')[0].replace(' ', '_')}.jsonl"),
         )
         lines.append(f"  {label:<42} {evaluate(settings)['accuracy']:6.1f}")

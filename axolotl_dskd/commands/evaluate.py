@@ -12,6 +12,7 @@ Scores, per row, averaged:
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from dataclasses import dataclass
@@ -128,6 +129,13 @@ def generate(
         output = model.generate(**batch, pad_token_id=pad_id, **settings)
         answers += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers
+
+
+def greedy_settings(**fields: Any) -> argparse.Namespace:
+    """`evaluate`'s arguments for greedy answers over a whole file, as the demo and compare
+    run it (the fields each caller names, the rest fixed)."""
+    fixed = {"input_field": "input", "limit": None, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "seed": 42}
+    return argparse.Namespace(**(fixed | {"dtype": "float32", "progress": False} | fields))
 
 
 def evaluate(args: Any) -> dict[str, Any]:
