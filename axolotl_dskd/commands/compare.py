@@ -243,21 +243,24 @@ def record_path(out: Path, label: str) -> Path:
 
 
 def run_arm(args, cfg: dict[str, Any], split: Split, out: Path, arm: str, seed: int) -> dict[str, Any]:
-    """Train and score one arm-seed, or read its record when an earlier compare finished it."""
+    """Train and score one arm-seed, reading what an earlier compare already finished: its
+    training (kept across tasks) and its scores on this task."""
     label = f"{arm}-s{seed}"
-    path = record_path(out, label)
-    if path.exists():
-        return json.loads(path.read_text())
     run = arm_config(cfg, arm, seed, split, out)
-    seconds, peak = train(run, out / "configs" / f"{label}.yml")
-    adapter = run["output_dir"] if run.get("adapter") in ("lora", "qlora") else None
-    model = run["base_model"] if adapter else run["output_dir"]
-    per_row = scores(args, cfg, split, out, label, model, adapter)
-    record = {"arm": arm, "seed": seed, "per_row": per_row, "train_seconds": seconds, "peak_gib": peak}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
-    print(f"compare: {label}: {statistics.mean(per_row):.4f} ({seconds:.0f} s)", flush=True)
-    return record
+    trained_path = record_path(out, f"train-{label}")
+    if not trained_path.exists():
+        seconds, peak = train(run, out / "configs" / f"{label}.yml")
+        trained_path.parent.mkdir(parents=True, exist_ok=True)
+        trained_path.write_text(json.dumps({"train_seconds": seconds, "peak_gib": peak}))
+    trained = json.loads(trained_path.read_text())
+    scored_path = record_path(out, f"{args.task}-{label}")
+    if not scored_path.exists():
+        adapter = run["output_dir"] if run.get("adapter") in ("lora", "qlora") else None
+        model = run["base_model"] if adapter else run["output_dir"]
+        scored_path.write_text(json.dumps({"per_row": scores(args, cfg, split, out, label, model, adapter)}))
+        per_row = json.loads(scored_path.read_text())["per_row"]
+        print(f"compare: {label}: {statistics.mean(per_row):.4f} ({trained['train_seconds']:.0f} s)", flush=True)
+    return {"arm": arm, "seed": seed, **trained, **json.loads(scored_path.read_text())}
 
 
 def reference(args, cfg: dict[str, Any], split: Split, out: Path) -> dict[str, float]:
@@ -266,7 +269,7 @@ def reference(args, cfg: dict[str, Any], split: Split, out: Path) -> dict[str, f
     for label, model in (("untrained student", cfg["base_model"]), ("teacher", cfg["dskd_teacher_model"])):
         if label == "teacher" and args.task == "ce":
             continue  # its cross-entropy is over its own tokens: not comparable across tokenizers
-        path = record_path(out, label.replace(" ", "_"))
+        path = record_path(out, f"{args.task}-{label.replace(' ', '_')}")
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"per_row": scores(args, cfg, split, out, label, model, None)}))
