@@ -83,11 +83,10 @@ class CrossVocabulary:
     paper_divides_by_valid_pairs: ClassVar[bool] = True
 
     def describe(self) -> str:
-        added = self.comparison.added if self.comparison and not self.comparison.renamed else ()
-        if added:
+        if self.comparison and self.comparison.added and not self.comparison.renamed:
             return (
-                f"{len(added)} token(s) added by the config ({', '.join(added[:5])}); the teacher reads them as "
-                "text: cross-tokenizer DSKD"
+                f"{len(self.comparison.added)} token(s) added by the config ({self.comparison.listed()}); the "
+                "teacher reads them as text: cross-tokenizer DSKD"
             )
         return "teacher and student tokenizers differ: cross-tokenizer DSKD"
 
@@ -130,7 +129,7 @@ def vocabulary(settings: Any, student: PreTrainedTokenizerBase) -> Vocabulary:
     if not comparison.shared:  # the validation saw another student tokenizer than the trainer has
         raise DSKDConfigError(
             "dskd_cross_tokenizer: validated as one vocabulary, but the student tokenizer being trained has "
-            f"tokens the teacher cannot read ({', '.join((comparison.renamed or comparison.added)[:5])})"
+            f"tokens the teacher cannot read ({comparison.listed()})"
         )
     if not comparison.pad_only:
         return SharedVocabulary(len(student), len(teacher))

@@ -404,7 +404,7 @@ def cross_reason(comparison: VocabularyComparison, teacher_path: str) -> str:
     """Why the teacher cannot read the student's ids as they are, in a few words."""
     if comparison.renamed:
         return f"{teacher_path!r} has another vocabulary"
-    return f"the config adds {len(comparison.added)} token(s) the teacher lacks ({', '.join(comparison.added[:5])})"
+    return f"the config adds {len(comparison.added)} token(s) the teacher lacks ({comparison.listed()})"
 
 
 def check_teacher_cache(cfg: Any) -> None:

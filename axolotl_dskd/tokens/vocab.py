@@ -31,6 +31,10 @@ class VocabularyComparison:
     added: tuple[str, ...]  # student tokens at ids past the teacher's vocabulary
     pad_token: str | None  # the student's pad token
 
+    def listed(self) -> str:
+        """The first few tokens the teacher cannot read, for a log or error line."""
+        return ", ".join((self.renamed or self.added)[:5])
+
     @property
     def pad_only(self) -> bool:
         """The only addition is the pad token, which the teacher never needs to read."""
